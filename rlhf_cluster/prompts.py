@@ -1,0 +1,51 @@
+"""The chat messages each model reads. One place, so rollout, training, pre-training and serving agree.
+
+- Summarizer: a user turn that shows the user's context (labelled pairs, past conversation) and asks
+  for a short summary of that user's preferences. The model answers as the assistant.
+- Reward model: the PLUS public code's conditioning turn ("Here is the summary of my preferences …")
+  followed by the prompt as a user turn and the response as the assistant turn. The conditioning slot
+  holds a summary, an oracle user description, raw context pairs (in-context baseline) or nothing (BT).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+SUMMARY_REQUEST = (
+    "Summarize this user's preferences in a few words, so that an assistant can personalize its answers."
+)
+REWARD_CONDITIONING = (
+    "Here is the summary of my preferences based on previous conversations: {summary} "
+    "In the following conversation, keep this in mind to personalize your response."
+)
+
+
+def render_context(
+    context: Sequence[Mapping[str, str]] | None,
+    context_messages: Sequence[Mapping[str, str]] | None = None,
+    max_pairs: int | None = None,
+) -> str:
+    """The user's history as plain text: labelled pairs first, then past conversation turns."""
+    parts: list[str] = []
+    pairs = list(context or [])
+    if max_pairs is not None:
+        pairs = pairs[-max_pairs:] if max_pairs > 0 else []
+    for i, pair in enumerate(pairs, 1):
+        parts.append(
+            f"Pair {i}. Question: {pair['prompt']}\nPreferred: {pair['chosen']}\nNot preferred: {pair['rejected']}"
+        )
+    for msg in context_messages or []:
+        parts.append(f"{msg['role'].capitalize()}: {msg['content']}")
+    return "\n\n".join(parts) if parts else "(no history)"
+
+
+def summarizer_messages(example: Mapping[str, Any], max_pairs: int | None = None) -> list[dict[str, str]]:
+    """Chat messages asking the summarizer to summarize one example's user context."""
+    history = render_context(example.get("context"), example.get("context_messages"), max_pairs)
+    return [{"role": "user", "content": f"My history:\n{history}\n\n{SUMMARY_REQUEST}"}]
+
+
+def reward_messages(conditioning: str | None, prompt: str, response: str) -> list[dict[str, str]]:
+    """Chat messages the reward model scores; ``conditioning=None`` is the plain Bradley–Terry input."""
+    user = prompt if not conditioning else REWARD_CONDITIONING.format(summary=conditioning) + "\n\n" + prompt
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": response}]

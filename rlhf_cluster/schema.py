@@ -1,0 +1,71 @@
+"""Arrow schemas: the one written-down shape of every batch that moves through rlhf_cluster.
+
+A *personalized-preference example* is one target pair (prompt, chosen, rejected) of one user,
+plus that user's *context*: past labelled pairs and/or past conversations. The summarizer reads the
+context; the reward model, conditioned on the summary, must predict the target label.
+
+Fields, grouped by meaning (one row = one example):
+
+  who        user_id            string, required      stable id of the user (same user -> same id)
+  context    context            list<pair>, required  past labelled pairs of this user, may be empty
+             context_messages   list<message>         past conversation turns, may be empty
+  target     prompt             string, required      the held-out prompt
+             chosen             string, required      the response this user preferred
+             rejected           string, required      the response this user did not prefer
+  metadata   split              string, optional      train / validation / test_* (where known)
+             topic              string, optional      topic of the prompt
+             contested          bool,   optional      do users disagree on this pair?
+             user_description   string, optional      ground-truth description (oracle baseline ONLY)
+             p_chosen           float64, optional     ground-truth P(user prefers chosen), generators only
+
+  pair    = struct<prompt: string, chosen: string, rejected: string>
+  message = struct<role: string, content: string>    role in {system, user, assistant}
+
+The target pair must never appear in its own context (that would leak the label).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+PAIR_TYPE = pa.struct(
+    [
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("chosen", pa.string(), nullable=False),
+        pa.field("rejected", pa.string(), nullable=False),
+    ]
+)
+
+MESSAGE_TYPE = pa.struct(
+    [
+        pa.field("role", pa.string(), nullable=False),
+        pa.field("content", pa.string(), nullable=False),
+    ]
+)
+
+MESSAGE_ROLES = ("system", "user", "assistant")
+
+EXAMPLE_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("context", pa.list_(PAIR_TYPE), nullable=False),
+        pa.field("context_messages", pa.list_(MESSAGE_TYPE), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("chosen", pa.string(), nullable=False),
+        pa.field("rejected", pa.string(), nullable=False),
+        pa.field("split", pa.string()),
+        pa.field("topic", pa.string()),
+        pa.field("contested", pa.bool_()),
+        pa.field("user_description", pa.string()),
+        pa.field("p_chosen", pa.float64()),
+    ],
+    metadata={"rlhf_cluster.schema": "example/v1"},
+)
+
+REQUIRED_FIELDS = ("user_id", "context", "prompt", "chosen", "rejected")
+OPTIONAL_FIELDS = tuple(f.name for f in EXAMPLE_SCHEMA if f.name not in REQUIRED_FIELDS)
+
+
+def empty_examples() -> pa.Table:
+    """A zero-row table with the example schema."""
+    return EXAMPLE_SCHEMA.empty_table()
