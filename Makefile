@@ -9,8 +9,9 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
-DEMO_DATA   ?= runs/demo/data
-DEMO_MODELS ?= runs/demo/models
+# The demo's inputs are generated once and reused (delete runs/demo to regenerate).
+DEMO_DATA   := runs/demo/data
+DEMO_MODELS := runs/demo/models
 
 .PHONY: setup demo test test-fast lint clean help
 
@@ -30,8 +31,14 @@ $(STAMP): requirements/cpu.lock pyproject.toml
 	@$(BIN)/python -c "import torch, ray, vllm, deepspeed, transformers, pyarrow, pydantic; print('>> stack ok: torch', torch.__version__, '| ray', ray.__version__, '| vllm', vllm.__version__, '| deepspeed', deepspeed.__version__)"
 	@touch $(STAMP)
 
-demo: setup  ## generate data + tiny models, run the main job on local Ray
-	$(BIN)/python -m jobs.demo --config configs/demo.yaml
+demo: $(STAMP) $(DEMO_MODELS)/models.json  ## generate data + tiny models, run the main job on local Ray
+	$(BIN)/python -m jobs.summarize --config configs/demo.yaml
+
+$(DEMO_DATA)/ceilings.json: | $(STAMP)
+	$(BIN)/python -m jobs.make_data --dataset pets --out $(DEMO_DATA) --seed 0
+
+$(DEMO_MODELS)/models.json: $(DEMO_DATA)/ceilings.json
+	$(BIN)/python -m jobs.make_models --data $(DEMO_DATA) --out $(DEMO_MODELS) --seed 0
 
 test: setup  ## the whole suite (what CI runs)
 	$(BIN)/python -m pytest -q -ra tests

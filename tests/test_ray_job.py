@@ -1,0 +1,80 @@
+"""The main job through `ray job submit --runtime-env deploy/runtime_env.yaml` against a `ray start --head`
+cluster: the repo travels as the working dir and `actors/`/`jobs/` import on the cluster's workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except Exception:
+            time.sleep(1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """`ray start --head --block` in the foreground; terminating it takes its processes down with it
+    (unlike `ray stop`, which would also stop the test session's own local Ray)."""
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    dash = _free_port()
+    cmd = [
+        f"{bindir}/ray", "start", "--head", "--block", "--num-cpus=2", f"--port={_free_port()}",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
+        "--disable-usage-stats", f"--temp-dir={tmp_path / 'ray'}",
+    ]
+    head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{dash}/api/version", timeout=90)
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_summarize_via_ray_job_submit(ray_head, tiny_data, tiny_models, tmp_path):
+    address, env = ray_head
+    run_dir = tmp_path / "run"
+    cmd = [
+        str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
+        "--runtime-env", "deploy/runtime_env.yaml", "--",
+        "python", "-m", "jobs.summarize",
+        f"data.dir={tiny_data}", "data.split=validation", "data.limit=4",
+        f"models.summarizer={tiny_models / 'summarizer'}", f"run_dir={run_dir}",
+        "rollout.backend=hf", "rollout.max_new_tokens=8", "rollout.n_samples=2", "rollout_resources.num_cpus=1",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert "joined Ray cluster" in out  # the job joined the head, it did not start its own Ray
+    table = pq.read_table(run_dir / "summaries.parquet")
+    assert table.num_rows == 8 and set(table["sample_index"].to_pylist()) == {0, 1}
