@@ -1,0 +1,240 @@
+"""Dataset loading: schema conformance, one DataError per kind of bad row, skipping, PLUS rows, splits."""
+
+import json
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rlhf_cluster.data import (
+    DataError,
+    list_splits,
+    read_examples,
+    read_examples_with_report,
+    read_split,
+    split_path,
+    write_examples,
+)
+from rlhf_cluster.schema import EXAMPLE_SCHEMA
+
+PLUS_FIXTURE = Path(__file__).parent / "fixtures" / "plus_tiny.jsonl"
+
+
+def pair(prompt="p", chosen="good", rejected="bad"):
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def row(i=0, **over):
+    base = {
+        "user_id": f"u{i}",
+        "context": [pair(f"ctx {i}", "kind answer", "rude answer")],
+        "prompt": f"question {i}",
+        "chosen": f"helpful {i}",
+        "rejected": f"unhelpful {i}",
+    }
+    base.update(over)
+    return base
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+# ------------------------------------------------------------------------------------ good rows
+
+
+def test_jsonl_conforms_to_schema_with_defaults(tmp_path):
+    path = write_jsonl(tmp_path / "train.jsonl", [row(0), row(1, topic="pets", contested=True, p_chosen=1)])
+    table = read_examples(path)
+    assert table.schema.equals(EXAMPLE_SCHEMA, check_metadata=True)
+    assert table.column("context_messages").to_pylist() == [[], []]  # absent -> empty lists
+    assert table.column("split").to_pylist() == [None, None]  # absent optional -> nulls
+    assert table.column("p_chosen").to_pylist() == [None, 1.0]
+    assert table.column("context").to_pylist()[1] == [pair("ctx 1", "kind answer", "rude answer")]
+
+
+def test_parquet_and_jsonl_give_identical_tables(tmp_path):
+    msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    rows = [row(0, context_messages=msgs, split="train"), row(1, context=[]), row(2, user_description="likes cats")]
+    table = read_examples(write_jsonl(tmp_path / "src.jsonl", rows))
+    a = read_examples(write_examples(table, tmp_path / "a.parquet"))
+    b = read_examples(write_examples(table, tmp_path / "b.jsonl"))
+    assert a.equals(table, check_metadata=True) and b.equals(table, check_metadata=True)
+
+
+def test_json_array_file(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([row(0), row(1)]))
+    assert read_examples(path).column("user_id").to_pylist() == ["u0", "u1"]
+
+
+def test_limit_and_blank_lines(tmp_path):
+    path = write_jsonl(tmp_path / "x.jsonl", [row(0), "", row(1), row(2), "{broken"])
+    assert read_examples(path, limit=2).column("user_id").to_pylist() == ["u0", "u1"]
+
+
+def test_empty_file_is_an_empty_table(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    assert read_examples(path).num_rows == 0
+
+
+# ------------------------------------------------------------------------------------- bad rows
+
+BAD_ROWS = {  # kind -> (row 1 of the file, field the message must name)
+    "missing_field": ({k: v for k, v in row(1).items() if k != "prompt"}, "prompt"),
+    "wrong_type": (row(1, prompt=3), "prompt"),
+    "context_not_pairs": (row(1, context=["just text"]), "context[0]"),
+    "context_pair_wrong_type": (row(1, context=[pair(chosen=7)]), "context[0].chosen"),
+    "empty_text": (row(1, chosen="   "), "chosen"),
+    "malformed_json": ('{"user_id": "u1", "prompt": ', "<json>"),
+    "bad_role": (row(1, context_messages=[{"role": "robot", "content": "beep"}]), "context_messages[0].role"),
+    "target_in_context": (row(1, context=[pair(), pair("question 1", "unhelpful 1", "helpful 1")]), "context[1]"),
+    "chosen_equals_rejected": (row(1, chosen="same", rejected="same"), "chosen"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_ROWS))
+def test_bad_row_names_file_row_and_field(tmp_path, kind):
+    bad, field = BAD_ROWS[kind]
+    path = write_jsonl(tmp_path / f"{kind}.jsonl", [row(0), bad, row(2)])
+    with pytest.raises(DataError) as e:
+        read_examples(path)
+    msg = str(e.value)
+    assert f"{kind}.jsonl" in msg and "row 1 (line 2)" in msg and f"field '{field}'" in msg, msg
+    assert len(e.value.problems) == 1
+
+
+def test_skip_bad_rows_skips_exactly_the_bad_ones(tmp_path, caplog):
+    rows, good = [], []
+    for i, (bad, _) in enumerate(BAD_ROWS.values()):
+        rows += [row(100 + i), bad]
+        good.append(f"u{100 + i}")
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    with caplog.at_level(logging.WARNING, logger="rlhf_cluster.data"):
+        table, report = read_examples_with_report(path, skip_bad_rows=True)
+    assert table.column("user_id").to_pylist() == good
+    assert report.n_skipped == len(BAD_ROWS) and [p.row for p in report.problems] == list(range(1, len(rows), 2))
+    assert f"skipped {len(BAD_ROWS)} bad rows of {len(rows)} in {path}" in caplog.text
+    assert "first: row 1 (line 2) field" in caplog.text
+
+
+def test_error_counts_the_other_bad_rows(tmp_path):
+    path = write_jsonl(tmp_path / "x.jsonl", [row(0, prompt=""), row(1, prompt=""), row(2)])
+    with pytest.raises(DataError, match=r"row 0 .* \[1 more bad rows; skip_bad_rows=True"):
+        read_examples(path)
+
+
+def test_missing_required_column_lists_the_present_ones(tmp_path):
+    path = write_jsonl(tmp_path / "x.jsonl", [{k: v for k, v in row(i).items() if k != "context"} for i in range(2)])
+    with pytest.raises(DataError) as e:
+        read_examples(path, skip_bad_rows=True)  # a whole-file problem is never skipped
+    assert "x.jsonl" in str(e.value) and "missing required column(s) context" in str(e.value)
+    assert "columns present: user_id, prompt, chosen, rejected" in str(e.value)
+
+
+def test_parquet_values_are_checked_vectorized(tmp_path):
+    table = read_examples(write_jsonl(tmp_path / "ok.jsonl", [row(0), row(1), row(2)]))
+    bad = table.set_column(3, "prompt", pa.array(["q0", " ", "q2"]))
+    pq.write_table(bad, tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"bad\.parquet: row 1 field 'prompt': is empty or whitespace-only"):
+        read_examples(tmp_path / "bad.parquet")
+
+
+def test_parquet_with_wrong_column_type_names_rows(tmp_path):
+    columns = {"user_id": ["a", "b"], "context": [[], []], "prompt": [1, 2], "chosen": ["x", "x"],
+               "rejected": ["y", "z"]}
+    t = pa.table(columns)
+    pq.write_table(t, tmp_path / "ints.parquet")
+    with pytest.raises(DataError, match=r"ints\.parquet: row 0 field 'prompt': expected a string, got int"):
+        read_examples(tmp_path / "ints.parquet")
+
+
+def test_unknown_columns_are_ignored_with_a_notice(tmp_path, caplog):
+    path = write_jsonl(tmp_path / "x.jsonl", [row(0, score=3, source="web")])
+    with caplog.at_level(logging.WARNING, logger="rlhf_cluster.data"):
+        table, report = read_examples_with_report(path)
+    assert report.ignored_columns == ["score", "source"] and "score, source" in caplog.text
+    assert table.schema.names == EXAMPLE_SCHEMA.names
+
+
+def test_write_refuses_bad_tables(tmp_path):
+    table = read_examples(write_jsonl(tmp_path / "ok.jsonl", [row(0)]))
+    with pytest.raises(DataError, match="not in EXAMPLE_SCHEMA: extra"):
+        write_examples(table.append_column("extra", pa.array([1])), tmp_path / "o.parquet")
+    same = table.set_column(5, "rejected", table.column("chosen"))
+    with pytest.raises(DataError, match=r"cannot write .*o\.parquet: row 0 field 'chosen': chosen == rejected"):
+        write_examples(same, tmp_path / "o.parquet")
+    assert not (tmp_path / "o.parquet").exists()
+
+
+# ---------------------------------------------------------------------------------------- PLUS
+
+
+def test_plus_fixture_maps_each_triple_to_a_row():
+    table, report = read_examples_with_report(PLUS_FIXTURE)
+    assert report.format == "plus" and report.ignored_columns == []
+    # row 0: reward, train, eval triples; row 1: train == reward, emitted once
+    assert report.plus_roles == ["reward", "train", "eval", "reward"]
+    assert table.column("user_id").to_pylist() == ["plus_tiny/0"] * 3 + ["plus_tiny/1"]
+    assert table.column("prompt").to_pylist()[:3] == [
+        "Tell me about a good pet.", "Which pet is best for a family?", "Describe an ideal companion animal."
+    ]
+    assert table.column("chosen")[0].as_py() == "Birds are cheerful, kind companions."
+    msgs = table.column("context_messages")[0].as_py()
+    assert [m["role"] for m in msgs] == ["system", "user"] and msgs[1]["content"].endswith("##Summary")
+    assert table.column("context").to_pylist() == [[]] * 4  # PLUS contexts are conversations, not pairs
+
+
+def test_plus_pairs_selects_triples():
+    _, report = read_examples_with_report(PLUS_FIXTURE, plus_pairs=("eval",), skip_bad_rows=True)
+    assert report.plus_roles == ["eval"] and report.n_skipped == 1  # row 1 has no eval pair
+
+
+def test_plus_variants_convert(tmp_path):
+    conversations = [[{"role": "user", "content": "a"}], [{"role": "assistant", "content": "b"}]]
+    rows = [
+        {"user_id": 7, "context": "past chats as text", "reward_prompt": "q", "chosen": "x", "rejected": "y"},
+        {"context_messages": conversations, "train_prompt": [{"role": "user", "content": "q2"}],
+         "train_chosen": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "x2"}],
+         "train_rejected": "y2", "context": [pair("c", "d", "e")]},
+    ]
+    table = read_examples(write_jsonl(tmp_path / "p.jsonl", rows), format="plus")
+    assert table.column("user_id").to_pylist() == ["7", "p/1"]
+    assert table.column("context_messages")[0].as_py() == [{"role": "user", "content": "past chats as text"}]
+    assert [m["content"] for m in table.column("context_messages")[1].as_py()] == ["a", "b"]
+    assert table.column("prompt")[1].as_py() == "q2" and table.column("chosen")[1].as_py() == "x2"
+    assert table.column("context")[1].as_py() == [pair("c", "d", "e")]
+
+
+def test_plus_errors_name_the_plus_column(tmp_path):
+    rows = [{"reward_prompt": "q", "chosen": "x", "rejected": "y", "train_prompt": "q", "train_chosen": "z",
+             "train_rejected": "z"}]
+    with pytest.raises(DataError, match=r"p\.jsonl: row 0 \(line 1\) field 'train_chosen': chosen == rejected"):
+        read_examples(write_jsonl(tmp_path / "p.jsonl", rows))
+
+
+def test_format_plus_on_our_rows_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="not PLUS format: no column reward_prompt"):
+        read_examples(write_jsonl(tmp_path / "x.jsonl", [row(0)]), format="plus")
+
+
+# -------------------------------------------------------------------------------------- splits
+
+
+def test_read_split_and_list_splits(tmp_path):
+    table = read_examples(write_jsonl(tmp_path / "scratch.jsonl", [row(0)]))
+    (tmp_path / "scratch.jsonl").unlink()
+    write_examples(table, tmp_path / "train.parquet")
+    write_examples(table, tmp_path / "validation.jsonl")
+    (tmp_path / "ceilings.json").write_text("{}")  # metadata beside the splits is not a split
+    assert list_splits(tmp_path) == ["train", "validation"]
+    assert read_split(tmp_path, "validation").equals(table)
+    assert split_path(tmp_path, "train").name == "train.parquet"
+    with pytest.raises(DataError, match="no split 'test' in .*available splits: train, validation"):
+        read_split(tmp_path, "test")
+    with pytest.raises(DataError, match="does not exist"):
+        list_splits(tmp_path / "nope")
