@@ -43,9 +43,9 @@ def tiny_models(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models")
     run_job(
         "jobs.make_models", "--data", str(tiny_data), "--out", str(out), "--seed", "0",
-        "summarizer.hidden_size=64", "summarizer.num_layers=2", "summarizer.num_heads=4",
+        "summarizer.hidden_size=64", "summarizer.num_layers=2", "summarizer.num_heads=2",
         "summarizer.intermediate_size=128", "reward_model.hidden_size=64", "reward_model.num_layers=1",
-        "reward_model.num_heads=4", "reward_model.intermediate_size=128", "pretrain_steps=40",
+        "reward_model.num_heads=2", "reward_model.intermediate_size=128", "pretrain_steps=40",
         "pretrain_batch_size=8", "pretrain_seq_len=256",
     )
     return out
