@@ -4,10 +4,12 @@ cluster: the repo travels as the working dir and `actors/`/`jobs/` import on the
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -36,17 +38,18 @@ def _wait_http(url: str, timeout: float) -> None:
 
 
 @pytest.fixture
-def ray_head(tmp_path):
+def ray_head():
     """`ray start --head --block` in the foreground; terminating it takes its processes down with it
     (unlike `ray stop`, which would also stop the test session's own local Ray)."""
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bindir + os.pathsep + os.environ["PATH"], "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     dash = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rayt", dir="/tmp")  # short: Ray's unix socket paths must be < 108 chars
     cmd = [
         f"{bindir}/ray", "start", "--head", "--block", "--num-cpus=2", f"--port={_free_port()}",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-        "--disable-usage-stats", f"--temp-dir={tmp_path / 'ray'}",
+        "--disable-usage-stats", f"--temp-dir={temp_dir}",
     ]
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -58,6 +61,7 @@ def ray_head(tmp_path):
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow
