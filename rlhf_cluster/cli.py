@@ -155,7 +155,9 @@ def _format_errors(model: type[BaseModel], err: ValidationError, origins: dict, 
         origin = origins.get(loc) or next(
             (o for p, o in origins.items() if loc[: len(p)] == p), where
         )
-        if e["type"] == "extra_forbidden":
+        if not loc:  # a model-level check (several fields together): its message says it all
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')} (in {where})")
+        elif e["type"] == "extra_forbidden":
             known = _known_keys(model, loc[:-1])
             hint = f"; known keys here: {', '.join(known)}" if known else ""
             lines.append(f"  {key}: unknown key (in {origin}){hint}")

@@ -71,8 +71,12 @@ class DataConfig(StrictModel):
 class ModelsConfig(StrictModel):
     """Checkpoints, always loaded by local path (no hub downloads)."""
 
-    summarizer: str = Field(..., description="Path of the summarizer checkpoint (HF save_pretrained dir).")
-    reward_model: Optional[str] = Field(None, description="Path of the reward-model backbone checkpoint.")
+    summarizer: Optional[str] = Field(
+        None, description="Path of the summarizer checkpoint (HF save_pretrained dir); required by jobs that summarize."
+    )
+    reward_model: Optional[str] = Field(
+        None, description="Path of the reward-model backbone (a causal LM or a sequence classifier checkpoint)."
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Parameter dtype. float32 on CPU; bfloat16 on GPU."
     )
@@ -123,6 +127,95 @@ class SummarizeConfig(StrictModel):
         default_factory=lambda: ActorResources(num_cpus=1.0), description="Resources of the rollout actor."
     )
     show: int = Field(4, ge=0, description="Print this many sample summaries at the end.")
+
+    @model_validator(mode="after")
+    def _needs_summarizer(self) -> "SummarizeConfig":
+        if not self.models.summarizer:
+            raise ValueError("models.summarizer is required: the path of the summarizer checkpoint")
+        return self
+
+
+# ------------------------------------------------------------------------------ training (DeepSpeed)
+
+
+class OptimConfig(StrictModel):
+    """AdamW with linear warmup, then constant."""
+
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps from 0 to lr.")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0: off).")
+
+
+class DeepSpeedConfig(StrictModel):
+    """A data-parallel group of DeepSpeed ranks, one Ray actor each."""
+
+    num_ranks: int = Field(2, ge=1, description="Ranks (Ray actors) in the group; the global batch is split across them.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage (0: plain data parallel).")
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend; auto: nccl with GPUs, gloo on CPU."
+    )
+    bf16: bool = Field(False, description="bf16 mixed precision (GPU).")
+
+
+class RewardTrainConfig(StrictModel):
+    """What and how the reward model learns."""
+
+    conditioning: Literal["bt", "oracle", "context", "summary"] = Field(
+        "bt",
+        description="Text slot before the prompt: bt (none), oracle (true user description), context (raw "
+        "context pairs: in-context baseline), summary (summaries from models.summarizer).",
+    )
+    max_length: int = Field(512, ge=16, description="Longest reward input in tokens; longer inputs are truncated.")
+    truncation_side: Literal["left", "right"] = Field(
+        "left", description="Which end of a too-long input is cut (left keeps the response, where the reward is read)."
+    )
+    max_context_pairs: Optional[int] = Field(
+        None, ge=0, description="conditioning=context: show at most this many context pairs (None: all)."
+    )
+    batch_size: int = Field(32, ge=1, description="Pairs per optimizer step, over all ranks (divisible by num_ranks).")
+    steps: int = Field(300, ge=1, description="Optimizer steps (the same budget for every conditioning).")
+    eval_every: int = Field(50, ge=1, description="Validate every this many steps (model selection on validation only).")
+    eval_split: str = Field("validation", description="Split used for model selection.")
+    eval_limit: Optional[int] = Field(512, ge=1, description="Validate on at most this many rows (None: all).")
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+
+
+
+class TrainRMConfig(StrictModel):
+    """`python -m jobs.train_rm`: train a (personalized) reward model on a DeepSpeed group of Ray actors."""
+
+    run_dir: str = Field("runs/rm", description="Output: config.yaml, metrics.jsonl, tb/, checkpoints/, best/.")
+    seed: int = Field(0, description="Seed of initialisation (score head), data order and sampling.")
+    data: DataConfig
+    models: ModelsConfig
+    rm: RewardTrainConfig = Field(default_factory=RewardTrainConfig)
+    train_split: str = Field("train", description="Split the reward model trains on.")
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    rank_resources: ActorResources = Field(
+        default_factory=lambda: ActorResources(num_cpus=1.0), description="Resources of EACH DeepSpeed rank."
+    )
+    rollout: RolloutConfig = Field(
+        default_factory=lambda: RolloutConfig(temperature=0.0, n_samples=1),
+        description="conditioning=summary: how the fixed summarizer writes summaries (greedy by default).",
+    )
+    rollout_resources: ActorResources = Field(
+        default_factory=lambda: ActorResources(num_cpus=1.0), description="Resources of the rollout actor."
+    )
+    checkpoint_every: int = Field(0, ge=0, description="Also keep checkpoints/step_N every this many steps (0: only best/ and last/).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainRMConfig":
+        if not self.models.reward_model:
+            raise ValueError("models.reward_model is required: the path of the reward-model backbone")
+        if self.rm.conditioning == "summary" and not self.models.summarizer:
+            raise ValueError("rm.conditioning=summary needs models.summarizer (the fixed summarizer checkpoint)")
+        if self.rm.batch_size % self.deepspeed.num_ranks:
+            raise ValueError(
+                f"rm.batch_size ({self.rm.batch_size}) must be divisible by deepspeed.num_ranks ({self.deepspeed.num_ranks})"
+            )
+        return self
 
 
 class PetsOptions(StrictModel):

@@ -101,3 +101,29 @@ ROLLOUT_SCHEMA = pa.schema(
     ],
     metadata={"rlhf_cluster.schema": "rollout/v1"},
 )
+
+
+# --------------------------------------------------------------------------- reward-model batches
+# Driver -> reward-model group (train_step and score): one row per (conditioning, preference pair).
+# `conditioning` is the text slot the reward model reads before the prompt: a summary, an oracle user
+# description, the raw context (in-context baseline), or null for the plain Bradley–Terry model.
+REWARD_PAIR_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("conditioning", pa.string()),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("chosen", pa.string(), nullable=False),
+        pa.field("rejected", pa.string(), nullable=False),
+    ],
+    metadata={"rlhf_cluster.schema": "reward_pair/v1"},
+)
+
+# Reward-model group -> driver (score): the input rows' order, one row each.
+REWARD_SCORE_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("r_chosen", pa.float32(), nullable=False),
+        pa.field("r_rejected", pa.float32(), nullable=False),
+    ],
+    metadata={"rlhf_cluster.schema": "reward_score/v1"},
+)

@@ -1,0 +1,153 @@
+"""The personalized reward model: r(prompt, response | conditioning) from a decoder backbone + scalar head.
+
+Input: ``prompts.reward_messages(conditioning, prompt, response)`` through the tokenizer's chat
+template — the conditioning slot holds a summary, the oracle user description, the raw context
+(in-context baseline) or nothing (plain Bradley–Terry). The reward is the scalar head's value at the
+last real (non-pad) token.
+
+Padding and truncation are explicit: sequences are right-padded (so position ids of real tokens are
+the same as unpadded — left padding would shift them in HF Llama), and a sequence longer than
+``max_length`` loses tokens from ``truncation_side``: "left" (default) cuts the start of the
+conditioning and keeps the response, where the reward is read; "right" cuts the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Sequence
+
+import pyarrow as pa
+import torch
+
+from rlhf_cluster.prompts import chat_token_ids, render_context, reward_messages
+from rlhf_cluster.schema import REWARD_PAIR_SCHEMA
+from rlhf_cluster.tensors import pad_list_column
+
+Conditioning = Literal["bt", "oracle", "context", "summary"]
+
+
+class BatchError(ValueError):
+    """A batch that does not have the documented schema, or has no rows."""
+
+
+def check_batch(table: pa.Table, schema: pa.Schema, where: str) -> None:
+    """Raise BatchError naming ``where`` unless ``table`` is a non-empty table with ``schema``."""
+    if not isinstance(table, pa.Table):
+        raise BatchError(f"{where}: expected a pyarrow.Table, got {type(table).__name__}")
+    if table.num_rows == 0:
+        raise BatchError(f"{where}: the batch has no rows")
+    if not table.schema.equals(schema, check_metadata=False):
+        missing = [n for n in schema.names if n not in table.schema.names]
+        extra = [n for n in table.schema.names if n not in schema.names]
+        raise BatchError(
+            f"{where}: batch schema mismatch (missing {missing}, unexpected {extra})\n got: {table.schema}\n"
+            f" expected: {schema}"
+        )
+
+
+# -------------------------------------------------------------------------------- conditioning
+
+
+def conditioning_texts(
+    examples: pa.Table,
+    mode: Conditioning,
+    summaries: Sequence[str] | None = None,
+    max_context_pairs: int | None = None,
+) -> list[str | None]:
+    """The conditioning text of each example for one of the four modes (None for plain BT)."""
+    n = examples.num_rows
+    if mode == "bt":
+        return [None] * n
+    if mode == "oracle":
+        desc = examples.column("user_description").to_pylist()
+        missing = [i for i, d in enumerate(desc) if not d]
+        if missing:
+            raise ValueError(f"conditioning=oracle needs user_description; row {missing[0]} (and {len(missing) - 1} more) has none")
+        return desc
+    if mode == "context":
+        ctx, msgs = examples.column("context").to_pylist(), examples.column("context_messages").to_pylist()
+        return [render_context(c, m, max_context_pairs) for c, m in zip(ctx, msgs)]
+    if mode == "summary":
+        if summaries is None or len(summaries) != n:
+            raise ValueError(f"conditioning=summary needs one summary per example ({n}), got {None if summaries is None else len(summaries)}")
+        return list(summaries)
+    raise ValueError(f"unknown conditioning mode {mode!r}; expected bt, oracle, context or summary")
+
+
+def pair_table(examples: pa.Table, conditioning: Sequence[str | None]) -> pa.Table:
+    """Examples + per-row conditioning → a REWARD_PAIR_SCHEMA batch."""
+    return pa.Table.from_pydict(
+        {
+            "user_id": examples.column("user_id"),
+            "conditioning": pa.array(list(conditioning), pa.string()),
+            "prompt": examples.column("prompt"),
+            "chosen": examples.column("chosen"),
+            "rejected": examples.column("rejected"),
+        },
+        schema=REWARD_PAIR_SCHEMA,
+    )
+
+
+# ------------------------------------------------------------------------------------ encoding
+
+
+@dataclasses.dataclass
+class EncodedPairs:
+    """Chosen rows then rejected rows, stacked: ids/mask [2B, T]; ``n_truncated`` sequences were cut."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    n_pairs: int
+    n_truncated: int
+
+
+def encode_texts(
+    tokenizer, conditioning: Sequence[str | None], prompts: Sequence[str], responses: Sequence[str]
+) -> list[list[int]]:
+    return [
+        chat_token_ids(tokenizer, reward_messages(c, p, r), add_generation_prompt=False)
+        for c, p, r in zip(conditioning, prompts, responses)
+    ]
+
+
+def encode_pairs(
+    tokenizer, batch: pa.Table, max_length: int, truncation_side: Literal["left", "right"] = "left"
+) -> EncodedPairs:
+    """Tokenize a REWARD_PAIR_SCHEMA batch into one right-padded [2B, T] tensor (chosen, then rejected)."""
+    check_batch(batch, REWARD_PAIR_SCHEMA, "encode_pairs")
+    cols = batch.to_pydict()
+    ids = encode_texts(tokenizer, cols["conditioning"], cols["prompt"], cols["chosen"]) + encode_texts(
+        tokenizer, cols["conditioning"], cols["prompt"], cols["rejected"]
+    )
+    longest = max(len(x) for x in ids)
+    width = min(longest, max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids, mask = pad_list_column(
+        pa.array(ids, pa.list_(pa.int32())), pad, side="right", max_len=width,
+        truncate_side=truncation_side, name="reward input_ids",
+    )
+    n_truncated = sum(len(x) > max_length for x in ids)
+    return EncodedPairs(input_ids, mask, batch.num_rows, n_truncated)
+
+
+# ------------------------------------------------------------------------------------- forward
+
+
+def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scalar reward at the last real token of each row: [B, T] → [B] (float32).
+
+    Reads the backbone's hidden states and applies the ``score`` head ourselves, so the position is
+    taken from the attention mask — not from ``pad_token_id``, which breaks when pad == eos.
+    """
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    values = model.score(hidden).squeeze(-1)  # [B, T]
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    last = (attention_mask * positions).argmax(-1)  # index of the last 1 in each row
+    return values.gather(1, last.unsqueeze(1)).squeeze(1).float()
+
+
+def pair_rewards(model, enc: EncodedPairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r_chosen [B], r_rejected [B]) in one forward pass over the stacked batch."""
+    r = sequence_rewards(model, enc.input_ids, enc.attention_mask)
+    return r[: enc.n_pairs], r[enc.n_pairs :]
