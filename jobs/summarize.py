@@ -10,8 +10,6 @@ batches, progress shown) → write ``run_dir/summaries.parquet`` (ROLLOUT_SCHEMA
 from __future__ import annotations
 
 import json
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,32 +18,24 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from rlhf_cluster.cli import dump_yaml, parse_config
-from rlhf_cluster.config import SummarizeConfig
+from rlhf_cluster.config import ActorResources, ModelsConfig, RayConfig, RolloutConfig, SummarizeConfig
 from rlhf_cluster.data import read_split
 from rlhf_cluster.models import load_tokenizer
 from rlhf_cluster.prompts import chat_token_ids, summarizer_messages
 from rlhf_cluster.schema import ROLLOUT_REQUEST_SCHEMA
+from rlhf_cluster.timing import phase
 
 
 class PromptTooLong(ValueError):
     pass
 
 
-@contextmanager
-def phase(name: str, timings: dict):
-    print(f"[{name}] ...", flush=True)
-    t0 = time.perf_counter()
-    yield
-    timings[name] = round(time.perf_counter() - t0, 3)
-    print(f"[{name}] done in {timings[name]:.1f}s", flush=True)
-
-
-def build_requests(examples: pa.Table, tokenizer, cfg: SummarizeConfig) -> pa.Table:
+def build_requests(examples: pa.Table, tokenizer, rollout: RolloutConfig, seed: int) -> pa.Table:
     """One rollout request per example: the chat-rendered summarizer prompt as token ids."""
-    budget = cfg.rollout.max_model_len - cfg.rollout.max_new_tokens
+    budget = rollout.max_model_len - rollout.max_new_tokens
     ids, too_long = [], []
     for i, row in enumerate(examples.to_pylist()):
-        toks = chat_token_ids(tokenizer, summarizer_messages(row, cfg.rollout.max_context_pairs))
+        toks = chat_token_ids(tokenizer, summarizer_messages(row, rollout.max_context_pairs))
         if len(toks) > budget:
             too_long.append((i, row["user_id"], len(toks)))
         ids.append(toks)
@@ -62,10 +52,58 @@ def build_requests(examples: pa.Table, tokenizer, cfg: SummarizeConfig) -> pa.Ta
             "request_id": list(range(n)),
             "user_id": examples.column("user_id").to_pylist(),
             "prompt_token_ids": ids,
-            "seed": [cfg.seed * 1_000_003 + i for i in range(n)],
+            "seed": [seed * 1_000_003 + i for i in range(n)],
         },
         schema=ROLLOUT_REQUEST_SCHEMA,
     )
+
+
+def start_rollout_actor(models: ModelsConfig, rollout: RolloutConfig, resources: ActorResources, ray_cfg: RayConfig, seed: int):
+    """Join/start Ray and start one rollout actor (engine loaded) on the configured resources."""
+    import ray
+
+    from actors.rollout import RolloutActor
+    from rlhf_cluster.ray_setup import actor_options, check_fits, init_ray
+
+    check_fits({"rollout": resources}, init_ray(ray_cfg))
+    actor = RolloutActor.options(**actor_options(resources)).remote(models.summarizer, rollout, models.dtype, seed)
+    info = ray.get(actor.info.remote())
+    print(f"  rollout actor up: backend={info['backend']}, engine start {info['startup_s']:.1f}s", flush=True)
+    return actor
+
+
+def generate_all(actor, requests: pa.Table, batch_size: int, progress: bool = True) -> pa.Table:
+    """Send the requests in Arrow batches of ``batch_size``; one ROLLOUT_SCHEMA table back."""
+    import ray
+
+    starts = range(0, requests.num_rows, batch_size)
+    parts = [
+        ray.get(actor.generate.remote(requests.slice(s, batch_size)))
+        for s in tqdm(starts, desc="generate", unit="batch", disable=not progress)
+    ]
+    return pa.concat_tables(parts)
+
+
+def summarize_examples(
+    examples: pa.Table, models: ModelsConfig, rollout: RolloutConfig, resources: ActorResources,
+    ray_cfg: RayConfig, seed: int,
+) -> list[str]:
+    """One summary per example row (sample 0), each distinct context summarized once; the actor is freed after."""
+    import ray
+
+    tokenizer = load_tokenizer(models.summarizer)
+    requests = build_requests(examples, tokenizer, rollout.model_copy(update={"n_samples": 1}), seed)
+    prompts = [tuple(p) for p in requests.column("prompt_token_ids").to_pylist()]
+    first = {p: i for i, p in reversed(list(enumerate(prompts)))}  # distinct prompt -> its first row
+    unique = requests.take(sorted(first.values()))
+    print(f"  summarizing {unique.num_rows} distinct contexts for {examples.num_rows} examples", flush=True)
+    actor = start_rollout_actor(models, rollout.model_copy(update={"n_samples": 1}), resources, ray_cfg, seed)
+    try:
+        out = generate_all(actor, unique, rollout.batch_size)
+    finally:
+        ray.kill(actor)
+    by_row = dict(zip(out.column("request_id").to_pylist(), out.column("summary_text").to_pylist()))
+    return [by_row[first[p]] for p in prompts]
 
 
 def main(argv=None) -> dict:
@@ -80,28 +118,13 @@ def main(argv=None) -> dict:
         print(f"  {examples.num_rows} examples from {cfg.data.dir}/{cfg.data.split}")
     with phase("tokenize", timings):
         tokenizer = load_tokenizer(cfg.models.summarizer)
-        requests = build_requests(examples, tokenizer, cfg)
+        requests = build_requests(examples, tokenizer, cfg.rollout, cfg.seed)
         lens = [len(x) for x in requests.column("prompt_token_ids").to_pylist()]
         print(f"  prompt tokens: mean {sum(lens) / len(lens):.0f}, max {max(lens)}")
     with phase("start actors", timings):
-        import ray
-
-        from actors.rollout import RolloutActor
-        from rlhf_cluster.ray_setup import actor_options, check_fits, init_ray
-
-        cluster = init_ray(cfg.ray)
-        check_fits({"rollout": cfg.rollout_resources}, cluster)
-        actor = RolloutActor.options(**actor_options(cfg.rollout_resources)).remote(
-            cfg.models.summarizer, cfg.rollout, cfg.models.dtype, cfg.seed
-        )
-        info = ray.get(actor.info.remote())
-        print(f"  rollout actor up: backend={info['backend']}, engine start {info['startup_s']:.1f}s")
+        actor = start_rollout_actor(cfg.models, cfg.rollout, cfg.rollout_resources, cfg.ray, cfg.seed)
     with phase("generate", timings):
-        parts = []
-        bs = cfg.rollout.batch_size
-        for start in tqdm(range(0, requests.num_rows, bs), desc="generate", unit="batch"):
-            parts.append(ray.get(actor.generate.remote(requests.slice(start, bs))))
-        summaries = pa.concat_tables(parts)
+        summaries = generate_all(actor, requests, cfg.rollout.batch_size)
     with phase("write", timings):
         pq.write_table(summaries, run_dir / "summaries.parquet")
     metrics = _metrics(summaries, timings)
