@@ -370,3 +370,54 @@ class MakeModelsConfig(StrictModel):
     pretrain_lr: float = Field(3e-3, gt=0, description="Pre-training learning rate (AdamW).")
     pretrain_seq_len: int = Field(256, ge=16, description="Pre-training sequence length, tokens.")
     log_every: int = Field(25, ge=1, description="Print pre-training progress every this many steps.")
+
+
+# ------------------------------------------------------------------------------------- evaluation
+
+
+class EvaluateConfig(StrictModel):
+    """`python -m jobs.evaluate --run RUN_DIR [--data DATA_DIR]`: pairwise accuracy of a trained reward model.
+
+    Writes RUN_DIR/eval.json and RUN_DIR/eval.md. With --data (another dataset, e.g. a user's own data),
+    writes RUN_DIR/eval-<data dir name>.json / .md instead, so the run's own evaluation is not overwritten.
+    """
+
+    run: str = Field(..., description="Run directory of jobs.train_rm (config.yaml + best/ or last/).")
+    data: Optional[str] = Field(
+        None, description="Dataset directory to evaluate on (default: the run's data.dir). When given, results go "
+        "to RUN_DIR/eval-<dir name>.json/.md and summaries are cached in RUN_DIR/summaries-<dir name>/.",
+    )
+    splits: Optional[list[str]] = Field(
+        None, description="Splits to evaluate (default: every split of the dataset except the run's train split "
+        "and its validation split).",
+    )
+    checkpoint: Literal["best", "last"] = Field(
+        "best", description="Which checkpoint: best (chosen on validation; falls back to last with a notice) or last."
+    )
+    batch_size: int = Field(64, ge=1, description="Pairs per forward pass.")
+    limit: Optional[int] = Field(None, ge=1, description="Evaluate at most this many rows per split (None: all).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to score (auto: cuda if available).")
+    ray: Optional[RayConfig] = Field(
+        None, description="conditioning=summary without cached summaries: the Ray to summarize on (default: the "
+        "run's ray section).",
+    )
+
+
+class CompareConfig(StrictModel):
+    """`python -m jobs.compare --runs '[runs/a, runs/b]' --out DIR`: evaluated runs side by side with the ceilings.
+
+    Runs whose config.yaml differ only in seed (and run_dir, Ray placement) form one group: mean ± 95 % CI over
+    its seeds. Writes DIR/compare.md, DIR/compare.json and DIR/compare.png.
+    """
+
+    runs: list[str] | str = Field(
+        ..., description="Run directories: a YAML list ('[runs/a, runs/b]') and/or glob patterns ('runs/pets-*').",
+    )
+    out: str = Field("runs/compare", description="Output directory for compare.md, compare.json, compare.png.")
+    eval_file: str = Field(
+        "eval.json", description="Which evaluation of each run to read (e.g. eval-personas.json from evaluate --data).",
+    )
+    splits: Optional[list[str]] = Field(None, description="Splits to show (default: every split in the evaluations).")
+    plot_subset: Literal["all", "contested", "agreed"] = Field(
+        "contested", description="Subset plotted in compare.png (contested pairs measure personalization)."
+    )

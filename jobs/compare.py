@@ -1,0 +1,291 @@
+"""Evaluated runs side by side, seeds aggregated, with the dataset's analytic ceilings.
+
+    python -m jobs.compare --runs '[runs/a, runs/b]' --out DIR
+    python -m jobs.compare --runs 'runs/pets-*' --out DIR [--eval_file eval-personas.json]
+
+Reads each run's eval.json (written by ``jobs.evaluate``; a run without one is an error that says to
+run evaluate) and its config.yaml. Runs whose configs are equal except for the seed (and run_dir and
+where they ran: ray / resources sections) form one group, labelled by ``rm.conditioning`` (plus a
+top-level ``name`` when the config has one, plus the differing keys when two groups would share a
+label). Each group gets mean ± 95 % CI over its seeds (``rlhf_cluster.metrics.mean_ci95``).
+
+Writes DIR/compare.md (one table per split: rows = groups then the ceilings oracle, user-agnostic,
+n-context Bayes; columns all / contested / agreed / worst-decile user), DIR/compare.json and
+DIR/compare.png (grouped bars per split for ``plot_subset``, error bars = CI, ceilings as lines).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from rlhf_cluster.cli import EXIT_USAGE, parse_config
+from rlhf_cluster.config import CompareConfig
+from rlhf_cluster.metrics import mean_ci95
+
+SUBSETS = ("all", "contested", "agreed")
+# "ceiling:" in every name: a group conditioned on the oracle description is also labelled "oracle".
+CEILINGS = {"oracle": "ceiling: oracle", "user_agnostic": "ceiling: user-agnostic",
+            "bayes_n_context": "ceiling: n-context Bayes"}
+# Config keys that do not change what a run learns: where it ran, where it wrote, and the seed itself.
+NOT_GROUPING = (
+    "seed", "run_dir", "ray", "rank_resources", "rollout_resources", "deepspeed.backend", "checkpoint_every",
+)
+
+
+class CompareError(Exception):
+    """An input the user must fix; the message names the run or pattern."""
+
+
+@dataclasses.dataclass
+class RunEval:
+    dir: Path
+    config: dict  # config.yaml as loaded (plain YAML: no model validation needed to group runs)
+    eval: dict
+
+
+@dataclasses.dataclass
+class Group:
+    key: tuple
+    runs: list[RunEval]
+    label: str = ""
+
+    @property
+    def seeds(self) -> list:
+        return [r.config.get("seed") for r in self.runs]
+
+
+# ------------------------------------------------------------------------------------ inputs
+
+
+def expand_runs(spec: list[str] | str) -> list[Path]:
+    """Run directories from paths and glob patterns, in the order given (glob matches sorted)."""
+    out: list[Path] = []
+    for item in [spec] if isinstance(spec, str) else spec:
+        if any(c in item for c in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_dir())
+            if not matches:
+                raise CompareError(f"--runs pattern {item!r} matches no directory")
+            out += matches
+        elif not Path(item).is_dir():
+            raise CompareError(f"run directory {item} does not exist")
+        else:
+            out.append(Path(item))
+    return list(dict.fromkeys(out))  # a run named twice counts once
+
+
+def load_run_eval(run_dir: Path, eval_file: str) -> RunEval:
+    eval_path, cfg_path = run_dir / eval_file, run_dir / "config.yaml"
+    if not eval_path.is_file():
+        raise CompareError(f"{run_dir}: no {eval_file}; run `python -m jobs.evaluate --run {run_dir}` first")
+    if not cfg_path.is_file():
+        raise CompareError(f"{cfg_path}: not found; expected the config.yaml that jobs.train_rm writes")
+    try:
+        return RunEval(run_dir, yaml.safe_load(cfg_path.read_text()) or {}, json.loads(eval_path.read_text()))
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise CompareError(f"{run_dir}: unreadable {cfg_path.name} or {eval_file}: {err}") from None
+
+
+# ---------------------------------------------------------------------------------- grouping
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def grouping_key(config: dict) -> tuple:
+    """Every config key except NOT_GROUPING, as a hashable sorted tuple."""
+    flat = flatten(config)
+    kept = {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_GROUPING)}
+    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in kept.items()))
+
+
+def group_runs(runs: list[RunEval]) -> list[Group]:
+    """Runs that differ only in seed (and placement) together, in order of first appearance."""
+    groups: dict[tuple, Group] = {}
+    for run in runs:
+        key = grouping_key(run.config)
+        groups.setdefault(key, Group(key, [])).runs.append(run)
+    out = list(groups.values())
+    for g in out:
+        cfg = g.runs[0].config
+        g.label = str((cfg.get("rm") or {}).get("conditioning", "?")) + (f" [{cfg['name']}]" if cfg.get("name") else "")
+    _disambiguate(out)
+    return out
+
+
+def _disambiguate(groups: list[Group]) -> None:
+    """Groups sharing a label get the keys on which they differ appended (at most three)."""
+    by_label: dict[str, list[Group]] = {}
+    for g in groups:
+        by_label.setdefault(g.label, []).append(g)
+    for same in (v for v in by_label.values() if len(v) > 1):
+        keys = [dict(g.key) for g in same]
+        differing = sorted({k for d in keys for k in d if any(o.get(k) != d.get(k) for o in keys)})
+        for g, d in zip(same, keys):
+            g.label += " (" + ", ".join(f"{k}={json.loads(d[k]) if k in d else '-'}" for k in differing[:3]) + ")"
+
+
+# ------------------------------------------------------------------------------- aggregation
+
+
+def aggregate(group: Group, splits: list[str]) -> dict:
+    """{split: {subset|"worst_decile": {"mean", "ci95", "n_seeds", "values"}}} over the group's runs."""
+    out = {}
+    for split in splits:
+        stats = {}
+        for subset in (*SUBSETS, "worst_decile"):
+            values = [_value(r.eval, split, subset) for r in group.runs]
+            values = [v for v in values if v is not None]
+            mean, ci = mean_ci95(values) if values else (None, None)
+            stats[subset] = {"mean": mean, "ci95": ci, "n_seeds": len(values), "values": values}
+        out[split] = stats
+    return out
+
+
+def _value(ev: dict, split: str, subset: str):
+    if subset == "worst_decile":
+        return ((ev.get("per_user") or {}).get(split) or {}).get("worst_decile")
+    return ((ev.get("accuracy") or {}).get(split) or {}).get(subset)
+
+
+def pick_ceilings(runs: list[RunEval]) -> dict | None:
+    """The first run's ceilings; a notice names runs evaluated on data with other ceilings."""
+    first = runs[0].eval.get("ceilings")
+    other = [str(r.dir) for r in runs[1:] if r.eval.get("ceilings") != first]
+    if other:
+        print(f"notice: ceilings differ from {runs[0].dir}'s (other data?) in: {', '.join(other)}", file=sys.stderr)
+    return first
+
+
+def all_splits(runs: list[RunEval]) -> list[str]:
+    return list(dict.fromkeys(s for r in runs for s in (r.eval.get("accuracy") or {})))
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+def cell(stat: dict | None) -> str:
+    """'0.912 ± 0.031 (3 seeds)'; '0.912 (1 seed)' when a CI is undefined; '–' when missing."""
+    if not stat or stat["mean"] is None:
+        return "–"
+    seeds = f"({stat['n_seeds']} seed{'s' if stat['n_seeds'] != 1 else ''})"
+    ci = f" ± {stat['ci95']:.3f}" if stat["ci95"] is not None else ""
+    return f"{stat['mean']:.3f}{ci} {seeds}"
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Comparison of {len(result['runs'])} runs ({result['eval_file']})", "",
+             "mean ± 95 % CI (Student t) over seeds; ceilings are the dataset's analytic ones.", ""]
+    for split in result["splits"]:
+        lines += [f"## {split}", "", "| | all | contested | agreed | worst-decile user |", "|---|---|---|---|---|"]
+        for g in result["groups"]:
+            s = g["accuracy"][split]
+            lines.append(f"| {g['label']} | " + " | ".join(cell(s[k]) for k in (*SUBSETS, "worst_decile")) + " |")
+        ceil = (result["ceilings"] or {}).get(split) or {}
+        for key, name in CEILINGS.items() if ceil else []:
+            vals = [(ceil.get(sub) or {}).get(key) for sub in SUBSETS]
+            lines.append(f"| *{name}* | " + " | ".join("–" if v is None else f"{v:.3f}" for v in vals) + " | |")
+        lines.append("")
+    lines.append("Groups: " + "; ".join(f"{g['label']} = {', '.join(g['runs'])}" for g in result["groups"]))
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, subset: str, path: Path) -> None:
+    """Grouped bars per split for one subset; error bars = CI; ceilings as lines across each split."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on clusters
+    import matplotlib.pyplot as plt
+
+    splits, groups = result["splits"], result["groups"]
+    width = 0.8 / max(len(groups), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.2 * len(splits) + 2.5), 4.5))
+    for i, g in enumerate(groups):
+        stats = [g["accuracy"][s][subset] for s in splits]
+        xs = [j - 0.4 + width * (i + 0.5) for j in range(len(splits))]
+        n = len(g["runs"])
+        # Muted bar colours, so the dark ceiling lines drawn over them stay visible.
+        bars = ax.bar(xs, [st["mean"] or 0.0 for st in stats], width * 0.9, color=plt.cm.Set2(i % 8),
+                      label=f"{g['label']} ({n} seed{'s' if n != 1 else ''})")
+        with_ci = [(x, st) for x, st in zip(xs, stats) if st["ci95"] is not None]
+        if with_ci:  # a single seed has no CI: no error bar rather than a misleading zero-width one
+            ax.errorbar([x for x, _ in with_ci], [st["mean"] for _, st in with_ci],
+                        yerr=[st["ci95"] for _, st in with_ci], fmt="none", ecolor="0.2", capsize=3, lw=1)
+        for b, st in zip(bars, stats):
+            if st["mean"] is not None:  # value at the foot of the bar, clear of error bars and ceilings
+                ax.text(b.get_x() + b.get_width() / 2, 0.015, f"{st['mean']:.2f}", ha="center", va="bottom",
+                        fontsize=7, color="black")
+    _plot_ceilings(ax, result.get("ceilings") or {}, splits, subset)
+    ax.axhline(0.5, color="0.6", lw=0.8, ls=":", label="chance")
+    ax.set_xticks(range(len(splits)), [s.replace("_", " ") for s in splits])
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel(f"pairwise accuracy ({subset} pairs)")
+    ax.set_title(f"Reward-model accuracy on {subset} pairs: mean ± 95 % CI over seeds")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_ceilings(ax, ceilings: dict, splits: list[str], subset: str) -> None:
+    # oracle drawn thick underneath, so a Bayes ceiling equal to it still shows as a line on top
+    styles = {"oracle": ("black", "-", 3.0), "user_agnostic": ("#b2182b", "--", 1.6),
+              "bayes_n_context": ("deepskyblue", "-.", 1.6)}
+    for key, name in CEILINGS.items():
+        color, ls, lw = styles[key]
+        label = name  # only the first segment is labelled: the legend lists each ceiling once
+        for j, split in enumerate(splits):
+            value = ((ceilings.get(split) or {}).get(subset) or {}).get(key)
+            if value is not None:
+                ax.hlines(value, j - 0.45, j + 0.45, colors=color, linestyles=ls, lw=lw, label=label)
+                label = None
+
+
+# --------------------------------------------------------------------------------------- main
+
+
+def compare(cfg: CompareConfig) -> dict:
+    runs = [load_run_eval(d, cfg.eval_file) for d in expand_runs(cfg.runs)]
+    splits = cfg.splits or all_splits(runs)
+    groups = group_runs(runs)
+    result = {
+        "eval_file": cfg.eval_file, "runs": [str(r.dir) for r in runs], "splits": splits,
+        "groups": [{"label": g.label, "runs": [str(r.dir) for r in g.runs], "seeds": g.seeds,
+                    "accuracy": aggregate(g, splits)} for g in groups],
+        "ceilings": pick_ceilings(runs),
+    }
+    for g in result["groups"]:
+        if len(set(g["seeds"])) < len(g["seeds"]):
+            print(f"notice: group {g['label']!r} repeats a seed {g['seeds']}: those runs are not independent",
+                  file=sys.stderr)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown(result)
+    (out / "compare.md").write_text(table)
+    (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, cfg.plot_subset, out / "compare.png")
+    print(table)
+    print(f"wrote {out}/compare.md, compare.json, compare.png")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(CompareConfig, argv, prog="jobs.compare")
+    try:
+        return compare(cfg)
+    except CompareError as err:
+        print(f"jobs.compare: error: {err}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    main()

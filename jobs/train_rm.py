@@ -1,0 +1,129 @@
+"""Train a (personalized) reward model on a DeepSpeed group of Ray actors.
+
+    python -m jobs.train_rm --config configs/rm_pets.yaml rm.conditioning=oracle seed=1
+
+The conditioning slot decides the baseline: ``bt`` (nothing — plain Bradley–Terry), ``oracle`` (the
+true user description: the upper reference), ``context`` (raw context pairs: the in-context
+baseline), ``summary`` (summaries written by a fixed summarizer: the untrained-summarizer ablation).
+Same backbone, data and step budget for all; the best step is chosen on the validation split only.
+
+Phases (timed): load data → conditioning → start group → train (validate every ``rm.eval_every``
+steps, keep the best) → save. Writes ``run_dir/{config.yaml, metrics.jsonl, tb/, best/, last/}``;
+evaluate the run on the test splits with ``python -m jobs.evaluate --run run_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from rlhf_cluster.cli import dump_yaml, parse_config
+from rlhf_cluster.config import TrainRMConfig
+from rlhf_cluster.data import read_split
+from rlhf_cluster.metrics import MetricsLogger, accuracy_by_subset
+from rlhf_cluster.reward_model import conditioning_texts, pair_table
+from rlhf_cluster.timing import phase
+
+
+def conditioning_for(examples: pa.Table, split: str, cfg: TrainRMConfig) -> list[str | None]:
+    """Conditioning texts for one split; summaries are written once and cached in run_dir/summaries/."""
+    summaries = None
+    if cfg.rm.conditioning == "summary":
+        summaries = cached_summaries(examples, split, cfg)
+    return conditioning_texts(examples, cfg.rm.conditioning, summaries, cfg.rm.max_context_pairs)
+
+
+def cached_summaries(examples: pa.Table, split: str, cfg: TrainRMConfig) -> list[str]:
+    from jobs.summarize import summarize_examples
+
+    path = Path(cfg.run_dir) / "summaries" / f"{split}.parquet"
+    if path.exists():
+        table = pq.read_table(path)
+        if table.num_rows == examples.num_rows:
+            return table.column("summary").to_pylist()
+    texts = summarize_examples(examples, cfg.models, cfg.rollout, cfg.rollout_resources, cfg.ray, cfg.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        pa.table({"user_id": examples.column("user_id"), "row": pa.array(range(examples.num_rows)), "summary": texts}),
+        path,
+    )
+    return texts
+
+
+def batches(n_rows: int, batch_size: int, steps: int, seed: int):
+    """Row indices of each step: shuffled epochs, reshuffled every pass (seeded)."""
+    rng = np.random.default_rng(seed)
+    order, pos = rng.permutation(n_rows), 0
+    for _ in range(steps):
+        if pos + batch_size > n_rows:
+            order, pos = rng.permutation(n_rows), 0
+        yield order[pos : pos + batch_size]
+        pos += batch_size
+
+
+def validate(group, pairs: pa.Table, contested) -> dict:
+    scores = group.score(pairs)
+    r_c, r_r = (scores.column(c).to_numpy() for c in ("r_chosen", "r_rejected"))
+    return accuracy_by_subset(r_c, r_r, contested)
+
+
+def main(argv=None) -> dict:
+    cfg = parse_config(TrainRMConfig, argv, prog="jobs.train_rm")
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    timings: dict[str, float] = {}
+    rm = cfg.rm
+
+    with phase("load data", timings):
+        train = read_split(cfg.data.dir, cfg.train_split, skip_bad_rows=cfg.data.skip_bad_rows, limit=cfg.data.limit)
+        val = read_split(cfg.data.dir, rm.eval_split, skip_bad_rows=cfg.data.skip_bad_rows, limit=rm.eval_limit)
+        if train.num_rows < rm.batch_size:
+            raise SystemExit(f"train split has {train.num_rows} rows, fewer than rm.batch_size={rm.batch_size}")
+        print(f"  train {train.num_rows} rows, {rm.eval_split} {val.num_rows} rows; conditioning={rm.conditioning}")
+    with phase("conditioning", timings):
+        train_pairs = pair_table(train, conditioning_for(train, cfg.train_split, cfg))
+        val_pairs = pair_table(val, conditioning_for(val, rm.eval_split, cfg))
+        val_contested = val.column("contested").to_numpy(zero_copy_only=False)
+        if rm.conditioning != "bt":
+            print(f"  e.g. conditioning: {train_pairs.column('conditioning')[0].as_py()[:200]!r}")
+    with phase("start group", timings):
+        from actors.reward_model import RewardModelGroup
+        from rlhf_cluster.ray_setup import check_fits, init_ray
+
+        cluster = init_ray(cfg.ray)
+        check_fits({f"rm_rank{i}": cfg.rank_resources for i in range(cfg.deepspeed.num_ranks)}, cluster)
+        group = RewardModelGroup(cfg.models.reward_model, rm, cfg.deepspeed, cfg.rank_resources, cfg.seed, rm.batch_size)
+
+    best = {"step": 0, "validation_accuracy": -1.0}
+    with MetricsLogger(run_dir) as log, phase("train", timings):
+        bar = tqdm(batches(train.num_rows, rm.batch_size, rm.steps, cfg.seed), total=rm.steps, desc="train", unit="step")
+        for step, idx in enumerate(bar, 1):
+            m = group.train_step(train_pairs.take(idx))
+            log.log(step, m, "train")
+            bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.2f}")
+            if step % rm.eval_every == 0 or step == rm.steps:
+                v = validate(group, val_pairs, val_contested)
+                log.log(step, v, "validation")
+                tqdm.write(f"  step {step}: validation accuracy {v['all']:.3f} (contested {v['contested']:.3f})")
+                if v["all"] > best["validation_accuracy"]:
+                    best = {"step": step, "validation_accuracy": v["all"], "validation": v}
+                    group.save(str(run_dir / "best"))
+                    (run_dir / "best.json").write_text(json.dumps(best, indent=2))
+    with phase("save", timings):
+        group.save(str(run_dir / "last"))
+        group.shutdown()
+    result = {"best": best, "timings_s": timings}
+    (run_dir / "train_summary.json").write_text(json.dumps(result, indent=2))
+    print(f"best validation accuracy {best['validation_accuracy']:.3f} at step {best['step']}; run dir {run_dir}")
+    print(f"next: python -m jobs.evaluate --run {run_dir}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
