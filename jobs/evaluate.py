@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 import yaml
 from pydantic import ValidationError
@@ -41,9 +40,6 @@ from rlhf_cluster.reward_model import conditioning_texts, encode_pairs, pair_rew
 
 SUBSETS = ("all", "contested", "agreed")
 CEILINGS = {"oracle": "oracle", "user_agnostic": "user-agnostic", "bayes_n_context": "n-context Bayes"}
-SUMMARY_SCHEMA = pa.schema([("user_id", pa.string()), ("row", pa.int64()), ("summary", pa.string())])
-
-
 class EvalError(Exception):
     """An input the user must fix (missing run dir, checkpoint, split …); the message names the path."""
 
@@ -150,36 +146,11 @@ def split_conditioning(examples: pa.Table, split: str, run: Run, target: Target,
 
 
 def cached_summaries(examples: pa.Table, path: Path, run: Run, ray_cfg: RayConfig) -> list[str]:
-    """One summary per row: from ``path`` when it covers these rows, else written by the fixed summarizer."""
-    users = examples.column("user_id").to_pylist()
-    if path.is_file():
-        cached = {r["row"]: r for r in pq.read_table(path).to_pylist()}
-        rows = [cached.get(i) for i in range(len(users))]
-        if all(r is not None and r["user_id"] == u for r, u in zip(rows, users)):
-            print(f"  summaries: cached {path}")
-            return [r["summary"] for r in rows]
-        print(f"notice: {path} does not match these rows (stale or partial); summarizing again", file=sys.stderr)
-    summaries = _summarize(examples, run, ray_cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = {"user_id": users, "row": list(range(len(users))), "summary": summaries}
-    table = pa.Table.from_pydict(columns, SUMMARY_SCHEMA)
-    pq.write_table(table, path)
-    print(f"  summaries: wrote {path}")
-    return summaries
+    """One summary per row from the run's fixed summarizer, cached at ``path``."""
+    from jobs import summarize
 
-
-def _summarize(examples: pa.Table, run: Run, ray_cfg: RayConfig) -> list[str]:
-    try:
-        from jobs.summarize import summarize_examples
-    except ImportError as err:
-        raise EvalError(
-            f"conditioning=summary: no cached summaries and jobs.summarize.summarize_examples is unavailable ({err})"
-        ) from None
     c = run.cfg
-    summaries = summarize_examples(examples, c.models, c.rollout, c.rollout_resources, ray_cfg, c.seed)
-    if len(summaries) != examples.num_rows:
-        raise RuntimeError(f"summarize_examples returned {len(summaries)} summaries for {examples.num_rows} rows")
-    return list(summaries)
+    return summarize.cached_summaries(examples, path, c.models, c.rollout, c.rollout_resources, ray_cfg, c.seed)
 
 
 # ------------------------------------------------------------------------------------ scoring

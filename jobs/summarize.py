@@ -10,6 +10,7 @@ batches, progress shown) → write ``run_dir/summaries.parquet`` (ROLLOUT_SCHEMA
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,7 +23,7 @@ from rlhf_cluster.config import ActorResources, ModelsConfig, RayConfig, Rollout
 from rlhf_cluster.data import read_split
 from rlhf_cluster.models import load_tokenizer
 from rlhf_cluster.prompts import chat_token_ids, summarizer_messages
-from rlhf_cluster.schema import ROLLOUT_REQUEST_SCHEMA
+from rlhf_cluster.schema import ROLLOUT_REQUEST_SCHEMA, SUMMARY_CACHE_SCHEMA
 from rlhf_cluster.timing import phase
 
 
@@ -104,6 +105,27 @@ def summarize_examples(
         ray.kill(actor)
     by_row = dict(zip(out.column("request_id").to_pylist(), out.column("summary_text").to_pylist()))
     return [by_row[first[p]] for p in prompts]
+
+
+def cached_summaries(
+    examples: pa.Table, path: Path, models: ModelsConfig, rollout: RolloutConfig, resources: ActorResources,
+    ray_cfg: RayConfig, seed: int,
+) -> list[str]:
+    """One summary per row: read from ``path`` when it covers exactly these rows, else written and cached."""
+    users = examples.column("user_id").to_pylist()
+    if path.is_file():
+        cached = {r["row"]: r for r in pq.read_table(path).to_pylist()}
+        rows = [cached.get(i) for i in range(len(users))]
+        if all(r is not None and r["user_id"] == u for r, u in zip(rows, users)):
+            print(f"  summaries: cached {path}")
+            return [r["summary"] for r in rows]
+        print(f"notice: {path} does not match these rows (stale or partial); summarizing again", file=sys.stderr)
+    summaries = summarize_examples(examples, models, rollout, resources, ray_cfg, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = {"user_id": users, "row": list(range(len(users))), "summary": summaries}
+    pq.write_table(pa.Table.from_pydict(columns, SUMMARY_CACHE_SCHEMA), path)
+    print(f"  summaries: wrote {path}")
+    return summaries
 
 
 def main(argv=None) -> dict:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from rlhf_cluster.cli import dump_yaml, parse_config
@@ -34,25 +33,13 @@ def conditioning_for(examples: pa.Table, split: str, cfg: TrainRMConfig) -> list
     """Conditioning texts for one split; summaries are written once and cached in run_dir/summaries/."""
     summaries = None
     if cfg.rm.conditioning == "summary":
-        summaries = cached_summaries(examples, split, cfg)
+        from jobs.summarize import cached_summaries
+
+        path = Path(cfg.run_dir) / "summaries" / f"{split}.parquet"
+        summaries = cached_summaries(
+            examples, path, cfg.models, cfg.rollout, cfg.rollout_resources, cfg.ray, cfg.seed
+        )
     return conditioning_texts(examples, cfg.rm.conditioning, summaries, cfg.rm.max_context_pairs)
-
-
-def cached_summaries(examples: pa.Table, split: str, cfg: TrainRMConfig) -> list[str]:
-    from jobs.summarize import summarize_examples
-
-    path = Path(cfg.run_dir) / "summaries" / f"{split}.parquet"
-    if path.exists():
-        table = pq.read_table(path)
-        if table.num_rows == examples.num_rows:
-            return table.column("summary").to_pylist()
-    texts = summarize_examples(examples, cfg.models, cfg.rollout, cfg.rollout_resources, cfg.ray, cfg.seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(
-        pa.table({"user_id": examples.column("user_id"), "row": pa.array(range(examples.num_rows)), "summary": texts}),
-        path,
-    )
-    return texts
 
 
 def batches(n_rows: int, batch_size: int, steps: int, seed: int):

@@ -127,3 +127,14 @@ REWARD_SCORE_SCHEMA = pa.schema(
     ],
     metadata={"rlhf_cluster.schema": "reward_score/v1"},
 )
+
+
+# Cached summaries of a fixed summarizer (run_dir/summaries/<split>.parquet): one row per example row.
+SUMMARY_CACHE_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string()),
+        pa.field("row", pa.int64()),  # row index of the example in its split
+        pa.field("summary", pa.string()),
+    ],
+    metadata={"rlhf_cluster.schema": "summary_cache/v1"},
+)

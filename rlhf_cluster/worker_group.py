@@ -1,0 +1,139 @@
+"""Driver side of a DeepSpeed group: N rank actors in a placement group, batches split across them.
+
+``WorkerGroup`` is role-agnostic: it reserves one bundle per rank, finds rank 0's node address and a
+free port there, and starts N actors of a given class as ``cls.remote(rank, world_size, master_addr,
+master_port, **kwargs)``. A role's group (``actors.reward_model.RewardModelGroup``) holds one and
+defines explicit methods that call its ranks' methods by attribute — never by name string.
+
+Batches are Arrow tables: ``split_even`` (training: N equal contiguous slices, else an error naming the
+sizes) and ``split_near_even`` (scoring: any size) cut the driver's batch; results come back in rank
+order, which is the input order.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rlhf_cluster.config import ActorResources
+from rlhf_cluster.ray_setup import ResourceError
+from rlhf_cluster.reward_model import BatchError
+
+# After one rank fails, give the others this long to finish; ranks still running by then are most
+# likely blocked in a collective waiting for the failed one, so the group is shut down.
+FAILURE_GRACE_S = 30.0
+
+
+@ray.remote(num_cpus=0)
+def _node_address_and_free_port() -> tuple[str, int]:
+    """Runs in rank 0's bundle: this node's IP and a port that is free on it right now."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    return ray.util.get_node_ip_address(), port
+
+
+def bundle(res: ActorResources) -> dict[str, float]:
+    """One placement-group bundle from a rank's resources (zero entries left out: Ray rejects them)."""
+    out = {k: v for k, v in (("CPU", res.num_cpus), ("GPU", res.num_gpus)) if v > 0}
+    if not out:
+        raise ResourceError("a DeepSpeed rank needs num_cpus > 0 or num_gpus > 0")
+    return out
+
+
+def split_even(batch: pa.Table, n: int, where: str) -> list[pa.Table]:
+    """N equal contiguous slices, in order; a row count not divisible by N is a BatchError naming both."""
+    if batch.num_rows % n:
+        raise BatchError(
+            f"{where}: {batch.num_rows} rows do not split evenly over {n} ranks; use a batch size divisible by {n}"
+        )
+    return _take_slices(batch, np.split(np.arange(batch.num_rows), n))
+
+
+def split_near_even(batch: pa.Table, n: int) -> list[pa.Table]:
+    """N contiguous slices whose sizes differ by at most one (some empty if rows < N), in order."""
+    return _take_slices(batch, np.array_split(np.arange(batch.num_rows), n))
+
+
+def _take_slices(batch: pa.Table, index_groups: Sequence[np.ndarray]) -> list[pa.Table]:
+    # take() copies; a zero-copy slice would carry (and pickle) the whole batch's buffers to every rank.
+    return [batch.take(pa.array(idx, pa.int64())) for idx in index_groups]
+
+
+class WorkerGroup:
+    """N actors of ``actor_cls`` (a ``DeepSpeedRank`` subclass under @ray.remote), one per bundle."""
+
+    def __init__(
+        self,
+        actor_cls: Any,
+        num_ranks: int,
+        resources: ActorResources,
+        *,
+        name: str = "deepspeed",
+        ready_timeout_s: float = 600.0,
+        **actor_kwargs: Any,
+    ):
+        self.name, self.world_size = name, num_ranks
+        self.pg = placement_group([bundle(resources)] * num_ranks, strategy="PACK")  # unnamed: names are cluster-unique
+        try:
+            self._wait_placed(resources, ready_timeout_s)
+            addr, port = ray.get(
+                _node_address_and_free_port.options(scheduling_strategy=self._in_bundle(0)).remote()
+            )
+            # No GPU: DeepSpeed must select its CPU accelerator before its first import in the actor.
+            env = {} if resources.num_gpus > 0 else {"DS_ACCELERATOR": "cpu"}
+            self.workers = [
+                actor_cls.options(
+                    num_cpus=resources.num_cpus,
+                    num_gpus=resources.num_gpus,
+                    scheduling_strategy=self._in_bundle(i),
+                    runtime_env={"env_vars": env},
+                ).remote(rank=i, world_size=num_ranks, master_addr=addr, master_port=port, **actor_kwargs)
+                for i in range(num_ranks)
+            ]
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _in_bundle(self, i: int) -> PlacementGroupSchedulingStrategy:
+        return PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=i)
+
+    def _wait_placed(self, resources: ActorResources, timeout_s: float) -> None:
+        ready, _ = ray.wait([self.pg.ready()], timeout=timeout_s)
+        if not ready:
+            raise ResourceError(
+                f"{self.name}: {self.world_size} ranks × {bundle(resources)} could not be placed within "
+                f"{timeout_s:g} s (cluster has {ray.cluster_resources()}); lower the rank resources or num_ranks"
+            )
+
+    def gather(self, refs: list[ray.ObjectRef]) -> list:
+        """Results of one call per rank, in rank order. The first error is raised once every rank has
+        returned; ranks still running FAILURE_GRACE_S after it are stuck, and the group is shut down."""
+        pending, first_error = list(refs), None
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=FAILURE_GRACE_S if first_error else None)
+            if not done:  # grace period over with ranks still blocked
+                self.shutdown()
+                raise first_error
+            try:
+                ray.get(done[0])
+            except Exception as e:
+                first_error = first_error or e
+        if first_error:
+            raise first_error
+        return ray.get(refs)
+
+    def shutdown(self) -> None:
+        """Kill the rank actors and release their placement group (idempotent)."""
+        for w in getattr(self, "workers", []):
+            ray.kill(w)
+        self.workers = []
+        if self.pg is not None:
+            remove_placement_group(self.pg)
+            self.pg = None
