@@ -93,7 +93,7 @@ class WorkerGroup:
                     num_cpus=resources.num_cpus,
                     num_gpus=resources.num_gpus,
                     scheduling_strategy=self._in_bundle(i),
-                    runtime_env={"env_vars": env},
+                    runtime_env={"env_vars": env} if env else None,  # merged into the job's runtime_env
                 ).remote(rank=i, world_size=num_ranks, master_addr=addr, master_port=port, **actor_kwargs)
                 for i in range(num_ranks)
             ]
@@ -119,6 +119,8 @@ class WorkerGroup:
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=FAILURE_GRACE_S if first_error else None)
             if not done:  # grace period over with ranks still blocked
+                print(f"{self.name}: {len(pending)} ranks still running {FAILURE_GRACE_S:g} s after a rank failed; "
+                      "shutting the group down", flush=True)
                 self.shutdown()
                 raise first_error
             try:

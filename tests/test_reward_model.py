@@ -1,0 +1,176 @@
+"""Reward-model inputs: conditioning modes, batch checks, Arrow → tensors (padding, truncation, reward index)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForSequenceClassification
+
+from rlhf_cluster.reward_model import (
+    BatchError,
+    check_batch,
+    conditioning_texts,
+    encode_pairs,
+    encode_texts,
+    pair_table,
+    sequence_rewards,
+)
+from rlhf_cluster.schema import EXAMPLE_SCHEMA, REWARD_PAIR_SCHEMA
+from rlhf_cluster.tensors import tensor_to_list_array
+from rlhf_cluster.tokenizer import train_tokenizer
+
+CORPUS = ["the cat sat on the mat", "a dog barks at the bird", "rabbits are quiet", "Which pet? A cat. A dog."]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    tokenizer = train_tokenizer(CORPUS, vocab_size=300)
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _examples(n: int = 3) -> pa.Table:
+    rows = [
+        {
+            "user_id": f"u{i}",
+            "context": [{"prompt": f"q{j}", "chosen": "a cat", "rejected": "a dog"} for j in range(i + 1)],
+            "context_messages": [{"role": "user", "content": "I like quiet pets"}] if i == 0 else [],
+            "prompt": "Which pet?",
+            "chosen": "A cat." + " sat on the mat" * i,  # lengths differ, so padding shows
+            "rejected": "A dog.",
+            "user_description": f"user {i} likes cats",
+        }
+        for i in range(n)
+    ]
+    return pa.Table.from_pylist(rows, schema=EXAMPLE_SCHEMA)
+
+
+# ------------------------------------------------------------------------------- conditioning
+
+
+def test_conditioning_modes():
+    ex = _examples()
+    assert conditioning_texts(ex, "bt") == [None, None, None]
+    assert conditioning_texts(ex, "oracle") == ["user 0 likes cats", "user 1 likes cats", "user 2 likes cats"]
+    ctx = conditioning_texts(ex, "context")
+    assert "Pair 1. Question: q0" in ctx[0] and "User: I like quiet pets" in ctx[0]
+    assert "Pair 3. Question: q2" in ctx[2]
+    last_only = conditioning_texts(ex, "context", max_context_pairs=1)
+    assert "Pair 1. Question: q2" in last_only[2] and "q0" not in last_only[2]
+    assert conditioning_texts(ex, "summary", summaries=["s0", "s1", "s2"]) == ["s0", "s1", "s2"]
+
+
+def test_conditioning_errors_name_the_problem():
+    ex = _examples()
+    no_desc = ex.set_column(ex.schema.get_field_index("user_description"), "user_description",
+                            pa.array([None, "x", None], pa.string()))
+    with pytest.raises(ValueError, match="row 0 .and 1 more. has none"):
+        conditioning_texts(no_desc, "oracle")
+    with pytest.raises(ValueError, match=r"one summary per example \(3\), got 2"):
+        conditioning_texts(ex, "summary", summaries=["a", "b"])
+    with pytest.raises(ValueError, match="unknown conditioning mode"):
+        conditioning_texts(ex, "nonsense")
+
+
+# -------------------------------------------------------------------------------- batch checks
+
+
+def test_pair_table_has_the_reward_pair_schema():
+    t = pair_table(_examples(), conditioning_texts(_examples(), "bt"))
+    check_batch(t, REWARD_PAIR_SCHEMA, "test")  # no error
+    assert t.column("conditioning").null_count == 3
+
+
+def test_check_batch_errors():
+    t = pair_table(_examples(), ["c"] * 3)
+    with pytest.raises(BatchError, match=r"where: batch schema mismatch \(missing \['rejected'\], unexpected \[\]\)"):
+        check_batch(t.drop_columns(["rejected"]), REWARD_PAIR_SCHEMA, "where")
+    with pytest.raises(BatchError, match=r"unexpected \['extra'\]"):
+        check_batch(t.append_column("extra", pa.array([1, 2, 3])), REWARD_PAIR_SCHEMA, "where")
+    with pytest.raises(BatchError, match="where: the batch has no rows"):
+        check_batch(t.slice(0, 0), REWARD_PAIR_SCHEMA, "where")
+    with pytest.raises(BatchError, match="expected a pyarrow.Table, got dict"):
+        check_batch(t.to_pydict(), REWARD_PAIR_SCHEMA, "where")
+    with pytest.raises(BatchError, match="no rows"):
+        encode_pairs(None, t.slice(0, 0), max_length=64)  # the actor's encoder checks too
+
+
+# ------------------------------------------------------------------------------------ encoding
+
+
+def _pairs(tok_conditioning=("likes cats", None, "likes dogs")) -> pa.Table:
+    return pair_table(_examples(), list(tok_conditioning))
+
+
+def test_encode_pairs_right_pads_chosen_then_rejected(tok):
+    batch = _pairs()
+    enc = encode_pairs(tok, batch, max_length=4096)
+    texts = batch.to_pydict()
+    expected = encode_texts(tok, texts["conditioning"], texts["prompt"], texts["chosen"]) + encode_texts(
+        tok, texts["conditioning"], texts["prompt"], texts["rejected"]
+    )
+    assert enc.n_pairs == 3 and enc.n_truncated == 0
+    assert enc.input_ids.shape == (6, max(len(x) for x in expected))
+    lengths = enc.attention_mask.sum(1)
+    assert lengths.tolist() == [len(x) for x in expected]
+    for row, n in enumerate(lengths.tolist()):  # right padding: ones then zeros, pad ids after
+        assert enc.attention_mask[row, :n].all() and not enc.attention_mask[row, n:].any()
+        assert (enc.input_ids[row, n:] == tok.pad_token_id).all()
+    # Arrow → tensors → Arrow round trip gives back every token list exactly.
+    back = tensor_to_list_array(enc.input_ids, mask=enc.attention_mask)
+    assert back.to_pylist() == expected
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_truncation_side_is_honoured_and_counted(tok, side):
+    batch = _pairs()
+    full = encode_pairs(tok, batch, max_length=4096)
+    cut = 40
+    enc = encode_pairs(tok, batch, max_length=cut, truncation_side=side)
+    lengths = full.attention_mask.sum(1)
+    assert enc.input_ids.shape[1] == cut
+    assert enc.n_truncated == int((lengths > cut).sum()) > 0  # sequences, chosen and rejected counted apart
+    for row, n in enumerate(lengths.tolist()):
+        ids = full.input_ids[row, :n]
+        kept = ids[-cut:] if side == "left" else ids[:cut]
+        assert enc.input_ids[row, : len(kept)].tolist() == kept.tolist()
+
+
+class _PositionProbe(torch.nn.Module):
+    """A stand-in classifier whose per-token value is the token id, to see which position is read."""
+
+    base_model_prefix = "backbone"
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = lambda input_ids, attention_mask: SimpleNamespace(last_hidden_state=input_ids.float()[..., None])
+        self.score = torch.nn.Identity()
+
+
+def test_reward_is_read_at_the_last_real_token(tok):
+    enc = encode_pairs(tok, _pairs(), max_length=4096)
+    rewards = sequence_rewards(_PositionProbe(), enc.input_ids, enc.attention_mask)
+    last = enc.attention_mask.sum(1) - 1
+    assert rewards.tolist() == enc.input_ids[torch.arange(6), last].float().tolist()
+    assert (rewards != tok.pad_token_id).all()
+
+
+def test_right_padding_does_not_change_a_real_models_reward(tok):
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForSequenceClassification(config).eval()
+    batch = _pairs()
+    with torch.no_grad():
+        together = sequence_rewards(model, *_ids_mask(encode_pairs(tok, batch, 4096)))
+        alone = [sequence_rewards(model, *_ids_mask(encode_pairs(tok, batch.slice(i, 1), 4096))) for i in range(3)]
+    # together = [chosen 0..2, rejected 0..2]; each alone = [chosen i, rejected i], unpadded or less padded.
+    expected = torch.stack([a[0] for a in alone] + [a[1] for a in alone])
+    torch.testing.assert_close(together, expected, atol=1e-5, rtol=1e-5)
+
+
+def _ids_mask(enc):
+    return enc.input_ids, enc.attention_mask
