@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from rlhf_cluster.cli import dump_yaml, parse_config
+from rlhf_cluster.cli import parse_config, prepare_run_dir
 from rlhf_cluster.config import ActorResources, ModelsConfig, RayConfig, RolloutConfig, SummarizeConfig
 from rlhf_cluster.data import read_split
 from rlhf_cluster.models import load_tokenizer
@@ -130,9 +130,7 @@ def cached_summaries(
 
 def main(argv=None) -> dict:
     cfg = parse_config(SummarizeConfig, argv, prog="jobs.summarize")
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    run_dir = prepare_run_dir(cfg, cfg.run_dir)
     timings: dict[str, float] = {}
 
     with phase("load data", timings):

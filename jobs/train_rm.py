@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
-from rlhf_cluster.cli import dump_yaml, parse_config
+from rlhf_cluster.cli import parse_config, prepare_run_dir
 from rlhf_cluster.config import TrainRMConfig
 from rlhf_cluster.data import read_split
 from rlhf_cluster.metrics import MetricsLogger, accuracy_by_subset
@@ -61,9 +61,7 @@ def validate(group, pairs: pa.Table, contested) -> dict:
 
 def main(argv=None) -> dict:
     cfg = parse_config(TrainRMConfig, argv, prog="jobs.train_rm")
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    run_dir = prepare_run_dir(cfg, cfg.run_dir)
     timings: dict[str, float] = {}
     rm = cfg.rm
 

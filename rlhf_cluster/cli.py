@@ -246,3 +246,11 @@ def _help_fields(model: type[BaseModel], prefix: str) -> list[str]:
 
 def dump_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def prepare_run_dir(cfg: BaseModel, run_dir: str | Path) -> Path:
+    """Create the run directory and record the resolved config in it (config.yaml), as every job does."""
+    path = Path(run_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.yaml").write_text(dump_yaml(cfg))
+    return path
