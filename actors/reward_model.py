@@ -24,7 +24,7 @@ from rlhf_cluster.losses import bradley_terry_loss, pairwise_accuracy
 from rlhf_cluster.models import load_reward_model, load_tokenizer
 from rlhf_cluster.reward_model import EncodedPairs, check_batch, encode_pairs, sequence_rewards
 from rlhf_cluster.schema import REWARD_PAIR_SCHEMA, REWARD_SCORE_SCHEMA
-from rlhf_cluster.worker_group import WorkerGroup, split_even, split_near_even
+from rlhf_cluster.worker_group import WorkerGroup, combine_metrics, split_even
 
 
 class _LastTokenReward(torch.nn.Module):
@@ -69,10 +69,6 @@ class RewardModelRank(DeepSpeedRank):
         torch.manual_seed(self.seed)
         model = load_reward_model(path, pad_token_id=self.tokenizer.pad_token_id)
         self._build_engine(_LastTokenReward(model), self.rm.optim, self.global_batch_size)
-
-    def info(self) -> dict:
-        return {"rank": self.rank, "world_size": self.world_size, "device": str(self.device),
-                "zero_stage": self.ds.zero_stage, "startup_s": round(self.startup_s, 2), "step": self.global_step}
 
     def _encode(self, batch: pa.Table, where: str) -> EncodedPairs:
         check_batch(batch, REWARD_PAIR_SCHEMA, where)
@@ -161,13 +157,7 @@ class RewardModelGroup:
     def score(self, batch: pa.Table) -> pa.Table:
         """REWARD_SCORE_SCHEMA rows in the input order; any number of rows ≥ 1."""
         check_batch(batch, REWARD_PAIR_SCHEMA, "RewardModelGroup.score")
-        shards = split_near_even(batch, len(self.ranks))
-        # Every rank must run a forward (ZeRO-3 gathers in it): a rank with no rows scores a stand-in
-        # row whose result is dropped.
-        stand_in = batch.slice(0, 1)
-        refs = [w.score.remote(s if s.num_rows else stand_in) for w, s in zip(self.ranks, shards)]
-        tables = [t for t, s in zip(self.group.gather(refs), shards) if s.num_rows]
-        return pa.concat_tables(tables)
+        return self.group.map_rows(batch, lambda rank, shard: rank.score.remote(shard))
 
     def save(self, path: str) -> str:
         """Write the HF checkpoint directory at ``path`` (atomically; non-finite weights refused)."""
@@ -190,15 +180,3 @@ class RewardModelGroup:
     def __exit__(self, *exc) -> None:
         self.shutdown()
 
-
-def combine_metrics(per_rank: list[dict]) -> dict:
-    """Per-rank train_step metrics → one dict: counts summed, seconds max, the rest averaged.
-
-    loss, grad_norm and lr are already global (equal on every rank); accuracy is averaged over equal shards.
-    """
-    summed, maxed = ("n_pairs", "n_truncated"), ("seconds",)
-    out = {}
-    for key in per_rank[0]:
-        values = [m[key] for m in per_rank]
-        out[key] = sum(values) if key in summed else max(values) if key in maxed else sum(values) / len(values)
-    return out

@@ -109,6 +109,10 @@ class RolloutConfig(StrictModel):
         0.85, gt=0, le=1, description="vLLM on GPU only: fraction of GPU memory for weights + KV cache."
     )
     enforce_eager: bool = Field(True, description="vLLM: skip CUDA-graph / torch.compile capture.")
+    max_weight_staleness: int = Field(
+        0, ge=0, description="Weight versions the rollout may lag the trainer (0: synchronous, the driver syncs "
+        "before every rollout; >0 is the explicit asynchronous mode). Checked by RolloutActor.generate.",
+    )
 
 
 # --------------------------------------------------------------------------------------- job roots
@@ -420,4 +424,41 @@ class CompareConfig(StrictModel):
     splits: Optional[list[str]] = Field(None, description="Splits to show (default: every split in the evaluations).")
     plot_subset: Literal["all", "contested", "agreed"] = Field(
         "contested", description="Subset plotted in compare.png (contested pairs measure personalization)."
+    )
+
+
+# ------------------------------------------------------------------------------ summarizer policy (RL)
+
+
+class PolicyTrainConfig(StrictModel):
+    """How the summarizer policy learns from rewards (PLUS: GRPO or PPO on the summary tokens).
+
+    The KL penalty to the frozen reference goes into the reward (per token, −kl_coef·kl), not into the
+    loss: the sequence return is clip(score) − kl_coef·Σ_t kl_t, as in PLUS and InstructGPT.
+    """
+
+    algorithm: Literal["grpo", "rloo", "ppo"] = Field(
+        "grpo", description="Advantage estimator: grpo (group-normalised returns), rloo (leave-one-out baseline), "
+        "ppo (GAE with a critic; the critic is not implemented yet).",
+    )
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip ε: the ratio is clipped to [1 − ε, 1 + ε].")
+    kl_coef: float = Field(0.01, ge=0, description="Per-token KL penalty coefficient vs the frozen reference (PLUS: 0.01).")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k1", description="Per-token KL estimator (Schulman's 'Approximating KL'): k1 = log π − log π_ref, "
+        "k2 = ½(log π − log π_ref)², k3 = exp(log π_ref − log π) − (log π_ref − log π) − 1.",
+    )
+    reward_clip: float = Field(10.0, gt=0, description="The sequence score is clipped to [−reward_clip, reward_clip] (PLUS: 10).")
+    scale_advantages: bool = Field(
+        True, description="grpo: divide by the group's sample std (False: only centre, as Dr. GRPO)."
+    )
+    advantage_eps: float = Field(1e-6, gt=0, description="grpo: added to the group std before dividing.")
+    gamma: float = Field(1.0, ge=0, le=1, description="ppo: discount per summary token.")
+    lam: float = Field(0.95, ge=0, le=1, description="ppo: GAE λ.")
+    value_clip_eps: float = Field(0.2, gt=0, description="ppo: critic value clip around the old value.")
+    epochs: int = Field(1, ge=1, description="Passes over each rollout batch (1: on-policy, the ratio starts at 1).")
+    minibatch_size: int = Field(
+        32, ge=1, description="Summaries per optimizer step, over all ranks (divisible by deepspeed.num_ranks)."
+    )
+    optim: OptimConfig = Field(
+        default_factory=lambda: OptimConfig(lr=1e-5), description="Optimizer of the summarizer policy."
     )

@@ -123,6 +123,11 @@ def write_dir_atomically(path: str | Path, write: Callable[[Path], None]) -> Pat
     return path
 
 
+def module_checksum(module: torch.nn.Module) -> float:
+    """Sum of |parameter| in float64 (tied parameters once): equal weights give exactly equal sums."""
+    return float(sum(p.detach().double().abs().sum().item() for p in module.parameters()))
+
+
 # ---------------------------------------------------------------------------------------- the rank
 
 
@@ -218,7 +223,12 @@ class DeepSpeedRank:
     def parameter_checksum(self) -> float:
         """Sum of |parameter| in float64 over the whole model: ranks holding identical weights agree exactly."""
         with self._full_params() as module:
-            return float(sum(p.detach().double().abs().sum().item() for p in module.parameters()))
+            return module_checksum(module)
+
+    def info(self) -> dict:
+        return {"rank": self.rank, "world_size": self.world_size, "device": str(self.device),
+                "zero_stage": self.ds.zero_stage, "startup_s": round(getattr(self, "startup_s", 0.0), 2),
+                "step": self.global_step}
 
     def _save_hf(self, path: str, hf_model: torch.nn.Module, tokenizer) -> str:
         """Rank 0 writes ``hf_model`` (a PreTrainedModel inside the engine) + tokenizer with save_pretrained.

@@ -138,3 +138,29 @@ SUMMARY_CACHE_SCHEMA = pa.schema(
     ],
     metadata={"rlhf_cluster.schema": "summary_cache/v1"},
 )
+
+
+# ------------------------------------------------------------------------------- policy batches
+# Driver -> policy group (train_step): one row per sampled summary, i.e. ROLLOUT_SCHEMA's token columns
+# plus its advantages. Advantages are PER TOKEN (one per summary token), so GRPO/RLOO (a sequence
+# advantage repeated on every token) and PPO with GAE (a different value per token) use one schema;
+# rlhf_cluster.sequences.policy_batch builds it from a rollout table and a [B] or [B, T] tensor.
+# summary_logprobs are the "old" logprobs of the PPO ratio: the rollout engine's, under the weights
+# that sampled the summary (weight_version).
+POLICY_BATCH_SCHEMA = pa.schema(
+    [
+        pa.field("prompt_token_ids", pa.list_(pa.int32()), nullable=False),  # [prompt_len]
+        pa.field("summary_token_ids", pa.list_(pa.int32()), nullable=False),  # [summary_len]
+        pa.field("summary_logprobs", pa.list_(pa.float32()), nullable=False),  # [summary_len], old policy
+        pa.field("advantages", pa.list_(pa.float32()), nullable=False),  # [summary_len]
+        pa.field("weight_version", pa.int64(), nullable=False),  # policy version that sampled it
+    ],
+    metadata={"rlhf_cluster.schema": "policy_batch/v1"},
+)
+
+# Policy group / reference actor -> driver (logprobs): the input rows' order, one row each.
+# logprobs[t] = log π(summary_token_ids[t] | prompt, summary[:t]) under the actor's current weights.
+TOKEN_LOGPROBS_SCHEMA = pa.schema(
+    [pa.field("logprobs", pa.list_(pa.float32()), nullable=False)],  # [summary_len]
+    metadata={"rlhf_cluster.schema": "token_logprobs/v1"},
+)

@@ -13,7 +13,7 @@ order, which is the input order.
 from __future__ import annotations
 
 import socket
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -131,6 +131,15 @@ class WorkerGroup:
             raise first_error
         return ray.get(refs)
 
+    def map_rows(self, batch: pa.Table, call: Callable[[Any, pa.Table], ray.ObjectRef]) -> pa.Table:
+        """``call(rank_actor, shard)`` on a near-even slice of ``batch`` per rank; the returned tables
+        concatenated in input order. Every rank must run (ZeRO-3 gathers parameters inside a forward),
+        so a rank with no rows gets a stand-in row (the first) whose result is dropped."""
+        shards = split_near_even(batch, self.world_size)
+        stand_in = batch.slice(0, 1)
+        refs = [call(w, s if s.num_rows else stand_in) for w, s in zip(self.workers, shards)]
+        return pa.concat_tables([t for t, s in zip(self.gather(refs), shards) if s.num_rows])
+
     def shutdown(self) -> None:
         """Kill the rank actors and release their placement group (idempotent)."""
         for w in getattr(self, "workers", []):
@@ -139,3 +148,13 @@ class WorkerGroup:
         if self.pg is not None:
             remove_placement_group(self.pg)
             self.pg = None
+
+
+def combine_metrics(per_rank: list[dict]) -> dict:
+    """Per-rank train_step metrics → one dict: counts (keys ``n_*``) summed, ``seconds`` max, the rest
+    averaged (loss, grad_norm, lr are already global — equal on every rank; shard means over equal shards)."""
+    out = {}
+    for key in per_rank[0]:
+        values = [m[key] for m in per_rank]
+        out[key] = sum(values) if key.startswith("n_") else max(values) if key == "seconds" else sum(values) / len(values)
+    return out
