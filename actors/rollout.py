@@ -3,6 +3,13 @@
 Speaks Arrow both ways: takes a ``ROLLOUT_REQUEST_SCHEMA`` table (one row per context), returns a
 ``ROLLOUT_SCHEMA`` table (one row per sampled summary) stamped with the weight version that sampled
 it. Created by the driver as ``RolloutActor.options(**actor_options(res)).remote(...)``.
+
+Weight versions: the checkpoint the actor starts from is version 0; each ``update_weights(blob, v)``
+from the trainer (``rlhf_cluster.vllm_extension.state_dict_to_bytes``) moves it to ``v``. Ray runs an
+actor's calls one at a time, so a rollout never sees half-loaded weights; the driver syncs after
+each summarizer update and before the next rollout, and passes its version as
+``generate(..., min_weight_version=v)`` so a skipped sync fails loudly instead of sampling from stale
+weights (``RolloutConfig.max_weight_staleness`` > 0 is the explicit opt-in to lag).
 """
 
 from __future__ import annotations
@@ -29,9 +36,49 @@ class RolloutActor:
     def info(self) -> dict:
         return {"backend": self.cfg.backend, "weight_version": self.weight_version, "startup_s": self.startup_s}
 
-    def generate(self, requests: pa.Table) -> pa.Table:
-        """Sample ``cfg.n_samples`` summaries per request row."""
+    def update_weights(self, blob: bytes, version: int) -> dict:
+        """Load the trainer's weights (``state_dict_to_bytes`` blob) as ``version``; returns timings.
+
+        A lower version than the current one is refused: it would mean an out-of-order or replayed
+        sync silently rolling the policy back. The same version again is allowed (a retried sync).
+        """
+        if not isinstance(version, int) or version < 0:
+            raise ValueError(f"RolloutActor.update_weights: version must be an int >= 0, got {version!r}")
+        if version < self.weight_version:
+            raise ValueError(
+                f"RolloutActor.update_weights: refusing weight version {version}, older than the loaded "
+                f"version {self.weight_version} (syncs must arrive in order)"
+            )
+        t0 = time.perf_counter()
+        self.engine.update_weights(blob)
+        self.weight_version = version
+        return {"weight_version": version, "bytes": len(blob), "seconds": time.perf_counter() - t0}
+
+    def weights_checksum(self) -> float:
+        """Sum of the engine's parameters (tests: did a sync change anything). Not comparable across
+        backends: vLLM fuses/repacks parameters and HF counts tied embeddings once."""
+        return self.engine.weights_checksum()
+
+    def score_tokens(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
+        """Teacher-forced logprobs of fixed continuation tokens under the loaded weights, per position:
+        ``out[i][t] = log π(continuations[i][t] | prompts[i], continuations[i][:t])``."""
+        if len(prompts) != len(continuations):
+            raise ValueError(f"score_tokens: {len(prompts)} prompts but {len(continuations)} continuations")
+        return self.engine.score(prompts, continuations)
+
+    def generate(self, requests: pa.Table, min_weight_version: int | None = None) -> pa.Table:
+        """Sample ``cfg.n_samples`` summaries per request row.
+
+        ``min_weight_version``: the trainer's current version; sampling with weights more than
+        ``cfg.max_weight_staleness`` versions behind it raises instead of returning stale rollouts.
+        """
         _check_requests(requests)
+        if min_weight_version is not None and self.weight_version < min_weight_version - self.cfg.max_weight_staleness:
+            raise RuntimeError(
+                f"RolloutActor.generate: loaded weight version {self.weight_version} is stale: the trainer "
+                f"is at {min_weight_version} and rollout.max_weight_staleness={self.cfg.max_weight_staleness} "
+                "(sync with update_weights first)"
+            )
         cols = requests.to_pydict()
         samples = self.engine.generate(cols["prompt_token_ids"], cols["seed"])
         rows = {name: [] for name in ROLLOUT_SCHEMA.names}

@@ -15,6 +15,7 @@ from typing import Protocol, Sequence
 import torch
 
 from rlhf_cluster.config import RolloutConfig
+from rlhf_cluster.vllm_extension import WORKER_EXTENSION, bytes_to_state_dict
 
 
 @dataclasses.dataclass
@@ -27,6 +28,10 @@ class Sample:
 
 class Engine(Protocol):
     def generate(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int | None]) -> list[list[Sample]]: ...
+
+    def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> list[list[float]]: ...
+
+    def update_weights(self, blob: bytes) -> None: ...
 
 
 def make_engine(model_path: str, cfg: RolloutConfig, dtype: str = "float32", seed: int = 0) -> Engine:
@@ -42,6 +47,11 @@ class VllmEngine:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep job logs readable; override to INFO
         from vllm import LLM, SamplingParams  # heavy import: only where the engine lives
 
+        from rlhf_cluster.models import check_checkpoint_dir
+
+        # vLLM treats a missing local path as a hub repo id and fails with a confusing hub error
+        check_checkpoint_dir(model_path, need_tokenizer=True)
+
         self.cfg = cfg
         self._SamplingParams = SamplingParams
         kwargs: dict = {}
@@ -56,6 +66,7 @@ class VllmEngine:
             kwargs["max_num_batched_tokens"] = max(cfg.max_model_len, 8192)
         self.llm = LLM(
             model=model_path,
+            worker_extension_cls=WORKER_EXTENSION,  # weight sync: see rlhf_cluster/vllm_extension.py
             dtype=dtype,
             seed=seed,
             max_model_len=cfg.max_model_len,
@@ -81,6 +92,37 @@ class VllmEngine:
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params, use_tqdm=False)
         return [[_vllm_sample(c) for c in out.outputs] for out in outs]
 
+    def score(self, prompts, continuations):
+        """Teacher-forced logprobs of fixed ``continuations`` (raw distribution), via prompt logprobs.
+
+        Requests with prompt logprobs never read the prefix cache (vLLM skips it for them), so this
+        always runs a full prefill on the current weights.
+        """
+        from vllm.inputs import TokensPrompt
+
+        params = self._SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        full = [TokensPrompt(prompt_token_ids=list(p) + list(c)) for p, c in zip(prompts, continuations)]
+        outs = self.llm.generate(full, params, use_tqdm=False)
+        res = []
+        for p, c, out in zip(prompts, continuations, outs):
+            steps = out.prompt_logprobs[len(p) :]  # entry t: {token: Logprob} for position t (entry 0 is None)
+            res.append([float(step[tok].logprob) for tok, step in zip(c, steps)])
+        return res
+
+    def update_weights(self, blob: bytes) -> None:
+        """Load a ``state_dict_to_bytes`` blob on every worker, then drop the prefix cache.
+
+        The prefix cache maps token blocks to KV computed with the *old* weights; a later request with
+        a cached prefix would otherwise attend to stale keys/values (logprobs silently off).
+        """
+        self.llm.collective_rpc("load_state_dict_bytes", args=(blob,))
+        if not self.llm.reset_prefix_cache():
+            # only fails while requests are running; the offline LLM runs none between calls
+            raise RuntimeError("vLLM refused to reset the prefix cache after a weight update")
+
+    def weights_checksum(self) -> float:
+        return self.llm.collective_rpc("weights_checksum")[0]
+
 
 def _vllm_sample(completion) -> Sample:
     ids = list(completion.token_ids)
@@ -104,6 +146,24 @@ class HfEngine:
     @torch.no_grad()
     def generate(self, prompts, seeds):
         return [self._generate_one(p, s) for p, s in zip(prompts, seeds)]
+
+    @torch.no_grad()
+    def score(self, prompts, continuations):
+        res = []
+        for p, c in zip(prompts, continuations):
+            ids = torch.tensor([list(p) + list(c)], dtype=torch.long)
+            logits = self.model(ids).logits[0, len(p) - 1 : -1].float()
+            lp = logits.log_softmax(-1).gather(-1, torch.tensor(list(c)).unsqueeze(-1)).squeeze(-1)
+            res.append(lp.tolist())
+        return res
+
+    @torch.no_grad()
+    def update_weights(self, blob: bytes) -> None:
+        # strict: a renamed or missing parameter must fail here, not produce a half-updated model
+        self.model.load_state_dict(bytes_to_state_dict(blob, self.model.device), strict=True)
+
+    def weights_checksum(self) -> float:
+        return float(sum(p.detach().double().sum().item() for p in self.model.parameters()))
 
     def _generate_one(self, prompt: Sequence[int], seed: int | None) -> list[Sample]:
         torch.manual_seed(self.seed if seed is None else seed)
