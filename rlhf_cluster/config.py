@@ -462,3 +462,92 @@ class PolicyTrainConfig(StrictModel):
     optim: OptimConfig = Field(
         default_factory=lambda: OptimConfig(lr=1e-5), description="Optimizer of the summarizer policy."
     )
+
+
+# ------------------------------------------------------------------------------- PLUS co-adaptation
+
+
+class PlusConfig(StrictModel):
+    """`python -m jobs.plus`: PLUS online co-adaptation (Nam et al. 2025) — the summarizer learns by GRPO
+    from the reward model's accuracy on a held-out pair of the same user, and the reward model learns
+    (Bradley–Terry) on the same users' pairs conditioned on the same sampled summaries.
+
+    One iteration: generate → score → reference → advantages → train summarizer → train reward model →
+    sync weights. Batch sizes follow from users_per_iter × rollout.n_samples (the rollout batch): the
+    reward model takes it whole each update (rm.batch_size and rm.steps are not used); the summarizer
+    splits it into policy.minibatch_size steps, policy.epochs times.
+    """
+
+    run_dir: str = Field("runs/plus", description="Output: config.yaml, metrics.jsonl, tb/, best/, last/, train_summary.json.")
+    seed: int = Field(0, description="Seed of data order, sampling (per request: seed, iteration, row) and initialisation.")
+    data: DataConfig = Field(..., description="Dataset directory; data.split is not used (see train_split, rm.eval_split).")
+    train_split: str = Field("train", description="Split the users' contexts and held-out pairs are drawn from.")
+    models: ModelsConfig = Field(..., description="models.summarizer (policy + frozen reference) and models.reward_model (backbone), both required.")
+    iterations: int = Field(50, ge=1, description="PLUS iterations (one rollout batch and its updates each).")
+    users_per_iter: int = Field(8, ge=1, description="Training examples (user contexts) sampled per iteration, epoch-shuffled.")
+    eval_every: int = Field(10, ge=1, description="Validate (greedy summaries → RM accuracy) every this many iterations, and at the last.")
+    eval_limit: Optional[int] = Field(64, ge=1, description="Validate on at most this many rows of rm.eval_split (None: all).")
+    eval_backend: Literal["vllm", "hf"] = Field(
+        "hf", description="Engine of the greedy validation summarizer (a second rollout actor, synced at each "
+        "validation): hf starts in a second; a second vllm engine doubles rollout start-up time and memory on CPU.",
+    )
+    rm_updates_per_iter: int = Field(
+        1, ge=0, description="Reward-model optimizer steps per iteration on the iteration's batch (the paper's code: 1, alternating 1:1 with the summarizer)."
+    )
+    freeze_summarizer: bool = Field(False, description="Ablation: never update the summarizer (weights stay version 0's).")
+    freeze_reward_model: bool = Field(False, description="Ablation: never update the reward model.")
+    rollout: RolloutConfig = Field(
+        default_factory=lambda: RolloutConfig(n_samples=4), description="Summary sampling; n_samples is the GRPO group size (≥ 2)."
+    )
+    policy: PolicyTrainConfig = Field(default_factory=PolicyTrainConfig, description="Summarizer RL (algorithm grpo or rloo).")
+    rm: RewardTrainConfig = Field(
+        default_factory=lambda: RewardTrainConfig(conditioning="summary"),
+        description="Reward model: conditioning must be 'summary'; batch_size/steps/eval_every unused (see above).",
+    )
+    deepspeed: DeepSpeedConfig = Field(
+        default_factory=lambda: DeepSpeedConfig(num_ranks=1), description="Ranks per training group (policy and reward model each)."
+    )
+    ray: RayConfig = Field(default_factory=RayConfig, description="Where Ray runs (local 2-CPU Ray on the laptop).")
+    rollout_resources: ActorResources = Field(default_factory=ActorResources, description="The rollout actor (and the greedy eval actor's engine).")
+    policy_resources: ActorResources = Field(default_factory=ActorResources, description="EACH summarizer policy rank.")
+    rm_resources: ActorResources = Field(default_factory=ActorResources, description="EACH reward-model rank.")
+    reference_resources: ActorResources = Field(default_factory=ActorResources, description="The frozen reference summarizer.")
+    show: int = Field(3, ge=0, description="Print this many greedy validation summaries (with the true user description) per validation.")
+
+    @property
+    def rollout_batch(self) -> int:
+        """Sampled summaries per iteration: users_per_iter × rollout.n_samples."""
+        return self.users_per_iter * self.rollout.n_samples
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plus_section_defaults(cls, data):
+        """A partly given section (e.g. only rollout.max_new_tokens) keeps PLUS's defaults for the rest."""
+        if isinstance(data, dict):
+            for key, default in (("rollout", {"n_samples": 4}), ("rm", {"conditioning": "summary"}),
+                                 ("deepspeed", {"num_ranks": 1})):
+                if isinstance(data.get(key), dict):
+                    data = {**data, key: {**default, **data[key]}}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PlusConfig":
+        if not self.models.summarizer or not self.models.reward_model:
+            raise ValueError("models.summarizer and models.reward_model are both required (PLUS trains both)")
+        if self.rm.conditioning != "summary":
+            raise ValueError(f"rm.conditioning must be 'summary' for PLUS, got {self.rm.conditioning!r}")
+        if self.policy.algorithm == "ppo":
+            raise ValueError("policy.algorithm=ppo needs a critic, not implemented yet; use grpo or rloo")
+        if self.rollout.n_samples < 2:
+            raise ValueError("rollout.n_samples must be ≥ 2: GRPO/RLOO need a group to form a baseline")
+        if self.rollout.temperature == 0:
+            raise ValueError("rollout.temperature must be > 0: greedy samples of one group are identical (zero advantage)")
+        n, ranks = self.rollout_batch, self.deepspeed.num_ranks
+        if n % ranks:
+            raise ValueError(f"users_per_iter × rollout.n_samples ({n}) must be divisible by deepspeed.num_ranks ({ranks})")
+        if n % self.policy.minibatch_size or self.policy.minibatch_size % ranks:
+            raise ValueError(
+                f"policy.minibatch_size ({self.policy.minibatch_size}) must divide users_per_iter × rollout.n_samples "
+                f"({n}) and be divisible by deepspeed.num_ranks ({ranks})"
+            )
+        return self
