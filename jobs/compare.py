@@ -23,9 +23,10 @@ import sys
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from rlhf_cluster.cli import EXIT_USAGE, parse_config
-from rlhf_cluster.config import CompareConfig
+from rlhf_cluster.config import CompareConfig, TrainRMConfig
 from rlhf_cluster.metrics import mean_ci95
 
 SUBSETS = ("all", "contested", "agreed")
@@ -86,9 +87,18 @@ def load_run_eval(run_dir: Path, eval_file: str) -> RunEval:
     if not cfg_path.is_file():
         raise CompareError(f"{cfg_path}: not found; expected the config.yaml that jobs.train_rm writes")
     try:
-        return RunEval(run_dir, yaml.safe_load(cfg_path.read_text()) or {}, json.loads(eval_path.read_text()))
+        config, result = yaml.safe_load(cfg_path.read_text()) or {}, json.loads(eval_path.read_text())
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         raise CompareError(f"{run_dir}: unreadable {cfg_path.name} or {eval_file}: {err}") from None
+    return RunEval(run_dir, _with_defaults(config), result)
+
+
+def _with_defaults(config: dict) -> dict:
+    """The config with today's defaults filled in, so a field added since a run was made does not split groups."""
+    try:
+        return TrainRMConfig.model_validate(config).model_dump(mode="json")
+    except ValidationError:
+        return config  # not a TrainRMConfig (or an older incompatible one): compare it as written
 
 
 # ---------------------------------------------------------------------------------- grouping
