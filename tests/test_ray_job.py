@@ -50,6 +50,9 @@ def ray_head():
         f"{bindir}/ray", "start", "--head", "--block", "--num-cpus=2", f"--port={_free_port()}",
         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
         "--disable-usage-stats", f"--temp-dir={temp_dir}",
+        # fixed default ports would clash with the test session's own local Ray (its agent holds them)
+        f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
     ]
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     try:
