@@ -34,7 +34,7 @@ from rlhf_cluster.sequences import (
     summary_token_logprobs,
 )
 from rlhf_cluster.tensors import pad_list_column
-from rlhf_cluster.worker_group import WorkerGroup, combine_metrics, split_even
+from rlhf_cluster.worker_group import DeepSpeedGroupHandle, combine_metrics, split_even
 
 
 class _SummaryLogprobs(torch.nn.Module):
@@ -152,7 +152,7 @@ class PolicyRank(DeepSpeedRank):
         self._build(path)
 
 
-class PolicyGroup:
+class PolicyGroup(DeepSpeedGroupHandle):
     """The driver's handle on ``ds.num_ranks`` PolicyRank actors training one summarizer.
 
     ``global_batch_size`` (default ``train.minibatch_size``) is the summaries per optimizer step over all
@@ -170,20 +170,10 @@ class PolicyGroup:
         dtype: str = "float32",
     ):
         self.cfg, self.ds = train, ds
-        self.group = WorkerGroup(
+        super().__init__(
             PolicyRank, ds.num_ranks, resources, name="policy", model_path=str(model_path), train=train, ds=ds,
             seed=seed, global_batch_size=global_batch_size or train.minibatch_size, dtype=dtype,
         )
-        try:
-            self.info = self.group.gather([w.info.remote() for w in self.ranks])  # raises a constructor's error
-        except BaseException:
-            self.shutdown()
-            raise
-
-    @property
-    def ranks(self) -> list:
-        """The rank actors, rank 0 first (empty after shutdown)."""
-        return self.group.workers
 
     def train_step(self, batch: pa.Table) -> dict:
         """One optimizer step on the global batch (POLICY_BATCH_SCHEMA). Returns loss (global token mean),
@@ -201,24 +191,3 @@ class PolicyGroup:
     def state_dict_bytes(self) -> bytes:
         """The full state dict as ``torch.save`` bytes in HF parameter naming (from rank 0)."""
         return self.group.gather([w.state_dict_bytes.remote() for w in self.ranks])[0]
-
-    def save(self, path: str) -> str:
-        """Write the HF checkpoint directory at ``path`` (atomically; non-finite weights refused)."""
-        return self.group.gather([w.save.remote(str(path)) for w in self.ranks])[0]
-
-    def load(self, path: str) -> None:
-        """Load the HF checkpoint at ``path`` on every rank (fresh optimizer state and LR warmup)."""
-        self.group.gather([w.load.remote(str(path)) for w in self.ranks])
-
-    def parameter_checksums(self) -> list[float]:
-        """One checksum per rank (sum of |w| in float64): equal when the ranks hold identical weights."""
-        return self.group.gather([w.parameter_checksum.remote() for w in self.ranks])
-
-    def shutdown(self) -> None:
-        self.group.shutdown()
-
-    def __enter__(self) -> "PolicyGroup":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()

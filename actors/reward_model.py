@@ -24,7 +24,7 @@ from rlhf_cluster.losses import bradley_terry_loss, pairwise_accuracy
 from rlhf_cluster.models import load_reward_model, load_tokenizer
 from rlhf_cluster.reward_model import EncodedPairs, check_batch, encode_pairs, sequence_rewards
 from rlhf_cluster.schema import REWARD_PAIR_SCHEMA, REWARD_SCORE_SCHEMA
-from rlhf_cluster.worker_group import WorkerGroup, combine_metrics, split_even
+from rlhf_cluster.worker_group import DeepSpeedGroupHandle, combine_metrics, split_even
 
 
 class _LastTokenReward(torch.nn.Module):
@@ -114,7 +114,7 @@ class RewardModelRank(DeepSpeedRank):
         self._build(path)
 
 
-class RewardModelGroup:
+class RewardModelGroup(DeepSpeedGroupHandle):
     """The driver's handle on ``ds.num_ranks`` RewardModelRank actors training one reward model.
 
     ``global_batch_size`` (default ``rm.batch_size``) is the pairs per optimizer step over all ranks;
@@ -131,20 +131,10 @@ class RewardModelGroup:
         global_batch_size: int | None = None,
     ):
         self.rm, self.ds = rm, ds
-        self.group = WorkerGroup(
+        super().__init__(
             RewardModelRank, ds.num_ranks, resources, name="reward-model",
             model_path=str(model_path), rm=rm, ds=ds, seed=seed, global_batch_size=global_batch_size or rm.batch_size,
         )
-        try:
-            self.info = self.group.gather([w.info.remote() for w in self.ranks])  # raises a constructor's error
-        except BaseException:
-            self.shutdown()
-            raise
-
-    @property
-    def ranks(self) -> list:
-        """The rank actors, rank 0 first (empty after shutdown)."""
-        return self.group.workers
 
     def train_step(self, batch: pa.Table) -> dict:
         """One optimizer step on the global batch. Returns loss (global mean), accuracy, grad_norm, lr,
@@ -158,25 +148,4 @@ class RewardModelGroup:
         """REWARD_SCORE_SCHEMA rows in the input order; any number of rows ≥ 1."""
         check_batch(batch, REWARD_PAIR_SCHEMA, "RewardModelGroup.score")
         return self.group.map_rows(batch, lambda rank, shard: rank.score.remote(shard))
-
-    def save(self, path: str) -> str:
-        """Write the HF checkpoint directory at ``path`` (atomically; non-finite weights refused)."""
-        return self.group.gather([w.save.remote(str(path)) for w in self.ranks])[0]
-
-    def load(self, path: str) -> None:
-        """Load the HF checkpoint at ``path`` on every rank (fresh optimizer state and LR warmup)."""
-        self.group.gather([w.load.remote(str(path)) for w in self.ranks])
-
-    def parameter_checksums(self) -> list[float]:
-        """One checksum per rank (sum of |w| in float64): equal when the ranks hold identical weights."""
-        return self.group.gather([w.parameter_checksum.remote() for w in self.ranks])
-
-    def shutdown(self) -> None:
-        self.group.shutdown()
-
-    def __enter__(self) -> "RewardModelGroup":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
 

@@ -1,23 +1,30 @@
-"""PLUS online co-adaptation (Nam et al. 2025, arXiv:2507.13579): summarizer (GRPO) ⇄ reward model (BT).
+"""PLUS online co-adaptation (Nam et al. 2025, arXiv:2507.13579): summarizer (GRPO/RLOO/PPO) ⇄ reward model (BT).
 
     python -m jobs.plus --config configs/plus_pets.yaml [key=value ...]
+    python -m jobs.plus --resume RUN_DIR [iterations=N]       # continue exactly from RUN_DIR/checkpoint
 
 Roles (Ray actors): a rollout actor samples summaries z ~ π(· | user context) (vLLM); a DeepSpeed group
 trains π; a frozen reference gives the per-token KL; a DeepSpeed group trains the reward model
-r(prompt, response | z). One iteration, each phase timed and logged (metrics.jsonl, tb/):
+r(prompt, response | z); for PPO a DeepSpeed group trains the critic. One iteration, each phase timed and
+logged (metrics.jsonl, tb/):
 
   generate    users_per_iter training examples (seeded, epoch-shuffled) → n_samples summaries each
   score       each z on a HELD-OUT pair of the same user (the example's own target pair, never a context
               pair): R = log σ(r(chosen|z) − r(rejected|z)), clipped to ±policy.reward_clip
   reference   log π_ref of the summary tokens → per-token KL vs the rollout logprobs
-  advantages  token rewards (−kl_coef·KL per token, R on the last) → GRPO/RLOO over each group
+  values      (ppo) the critic's V per summary token
+  advantages  token rewards (−kl_coef·KL per token, R on the last) → GRPO/RLOO over each group, or GAE
   train summarizer    PPO-clip steps on the batch (policy.epochs × minibatches)   [freeze_summarizer]
+  train critic        (ppo) clipped value-loss steps on the GAE returns
   train reward model  rm_updates_per_iter BT steps on the same pairs | the same z  [freeze_reward_model]
   sync weights        policy → rollout actor, weight version + 1
 
 Every eval_every iterations: greedy summaries of validation examples → RM accuracy (all / contested /
-agreed); the best (on validation "all") RM + summarizer are kept in run_dir/best/. The end writes
-run_dir/last/ and run_dir/train_summary.json; run_dir/evaluate/ is a TrainRMConfig view of the run that
+agreed); the best (on validation "all") RM + summarizer are kept in run_dir/best/. Every checkpoint_every
+iterations: run_dir/checkpoint/ (each group's weights, optimizer, LR schedule and RNG; the weight version,
+best, timings; the data position is the iteration: the order is replayed from the seed), from which
+``--resume`` continues with the same metrics as an uninterrupted run. The end writes run_dir/last/ and
+run_dir/train_summary.json; run_dir/evaluate/ is a TrainRMConfig view of the run that
 ``python -m jobs.evaluate --run run_dir/evaluate`` reads (best RM, summaries by the best summarizer).
 """
 
@@ -32,14 +39,14 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from rlhf_cluster.cli import dump_yaml, parse_config, prepare_run_dir
+from rlhf_cluster.cli import dump_yaml, parse_config, prepare_run_dir, resume_argv
 from rlhf_cluster.config import PlusConfig, TrainRMConfig
 from rlhf_cluster.data import read_split
-from rlhf_cluster.losses import grpo_advantages, kl_penalty, masked_sum, rloo_advantages, token_rewards
+from rlhf_cluster.losses import gae, grpo_advantages, kl_penalty, masked_sum, masked_whiten, rloo_advantages, token_rewards
 from rlhf_cluster.metrics import MetricsLogger, accuracy_by_subset
 from rlhf_cluster.reward_model import pair_table
 from rlhf_cluster.schema import ROLLOUT_REQUEST_SCHEMA
-from rlhf_cluster.sequences import policy_batch
+from rlhf_cluster.sequences import critic_batch, policy_batch
 from rlhf_cluster.tensors import pad_list_column
 from rlhf_cluster.timing import phase
 
@@ -83,9 +90,16 @@ def token_tensor(column, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return pad_list_column(column, 0.0, side="right", dtype=torch.float32, name=name)
 
 
-def advantages_of(cfg: PlusConfig, rollouts: pa.Table, score: torch.Tensor, kl: torch.Tensor, mask) -> tuple:
-    """(per-summary advantages [B], sequence returns [B]): return = Σ_t token reward; groups = contexts."""
-    rewards = token_rewards(score, kl, mask, cfg.policy.kl_coef, cfg.policy.reward_clip)
+def advantages_of(cfg: PlusConfig, rollouts: pa.Table, rewards: torch.Tensor, mask, values=None) -> tuple:
+    """(advantages, returns) from per-token rewards [B, T].
+
+    grpo / rloo: the sequence return Σ_t r_t, compared within each context's group → advantages [B],
+    returns [B]. ppo: GAE over the tokens with the critic's values → advantages [B, T] whitened over the
+    batch, returns [B, T] (the critic's targets, not whitened).
+    """
+    if cfg.policy.algorithm == "ppo":
+        adv, returns = gae(rewards, values, mask, cfg.policy.gamma, cfg.policy.lam)
+        return masked_whiten(adv, mask), returns
     returns = masked_sum(rewards, mask, dim=1)
     groups = torch.from_numpy(rollouts.column("request_id").to_numpy().copy())
     if cfg.policy.algorithm == "rloo":
@@ -93,13 +107,52 @@ def advantages_of(cfg: PlusConfig, rollouts: pa.Table, score: torch.Tensor, kl: 
     return grpo_advantages(returns, groups, cfg.policy.advantage_eps, cfg.policy.scale_advantages), returns
 
 
-def train_policy(cfg: PlusConfig, group, batch: pa.Table, seed: int) -> dict:
-    """policy.epochs passes over the batch in shuffled minibatches; metrics averaged over the steps."""
+def train_minibatches(cfg: PlusConfig, group, batch: pa.Table, seed: int, prefix: str) -> dict:
+    """policy.epochs passes over the batch in shuffled minibatches (policy or critic group); the steps'
+    metrics averaged, counts and timings left out, names prefixed."""
     rng, size, steps = np.random.default_rng(seed), cfg.policy.minibatch_size, []
     for _ in range(cfg.policy.epochs):
         order = rng.permutation(batch.num_rows)
         steps += [group.train_step(batch.take(order[s : s + size])) for s in range(0, batch.num_rows, size)]
-    return {k: float(np.mean([m[k] for m in steps])) for k in ("loss", "grad_norm", "clip_frac", "approx_kl", "entropy")}
+    keys = [k for k in steps[0] if not k.startswith("n_") and k not in ("seconds", "lr", "ratio_mean")]
+    return {f"{prefix}_{k}": float(np.mean([m[k] for m in steps])) for k in keys}
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def save_checkpoint(run_dir: Path, iteration: int, groups: dict, driver: dict) -> None:
+    """run_dir/checkpoint/: each group's DeepSpeed state under <role>/iter<k>, then state.json (written
+    atomically, last: it names the complete tag), then older tags removed. A crash at any point leaves
+    state.json pointing at a complete checkpoint."""
+    import shutil
+
+    ckpt, tag = run_dir / "checkpoint", f"iter{iteration:06d}"
+    for role, group in groups.items():
+        group.save_state(str(ckpt / role), tag)
+    tmp = ckpt / "state.json.tmp"
+    tmp.write_text(json.dumps({**driver, "iteration": iteration, "tag": tag}, indent=2))
+    tmp.replace(ckpt / "state.json")
+    for role in groups:
+        for old in (ckpt / role).glob("iter*"):
+            if old.is_dir() and old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def read_checkpoint(run_dir: Path, cfg: PlusConfig) -> dict:
+    """The driver state of run_dir/checkpoint/state.json, checked against the resumed config."""
+    path = run_dir / "checkpoint" / "state.json"
+    if not path.is_file():
+        raise SystemExit(f"--resume {run_dir}: no checkpoint ({path} missing); the run stopped before its "
+                         f"first checkpoint (checkpoint_every={cfg.checkpoint_every})")
+    state = json.loads(path.read_text())
+    for key, now in (("num_ranks", cfg.deepspeed.num_ranks), ("algorithm", cfg.policy.algorithm)):
+        if state[key] != now:
+            raise SystemExit(f"--resume {run_dir}: checkpoint has {key}={state[key]!r}, config says {now!r}")
+    if state["iteration"] >= cfg.iterations:
+        raise SystemExit(f"--resume {run_dir}: the checkpoint is at iteration {state['iteration']}, the run has "
+                         f"iterations={cfg.iterations}; raise iterations (e.g. iterations={2 * cfg.iterations}) to go on")
+    return state
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -153,9 +206,11 @@ def write_evaluate_view(cfg: PlusConfig, run_dir: Path) -> Path:
 
 
 def start_actors(cfg: PlusConfig):
-    """Check that every role fits, then start rollout (+ greedy eval) actor, reference, policy and RM groups."""
+    """Check that every role fits, then start rollout (+ greedy eval) actor, reference, policy and RM groups
+    (and the critic group for ppo; None otherwise)."""
     import ray
 
+    from actors.critic import CriticGroup
     from actors.policy import PolicyGroup
     from actors.reference import ReferenceActor
     from actors.reward_model import RewardModelGroup
@@ -166,6 +221,8 @@ def start_actors(cfg: PlusConfig):
     roles = {"rollout": cfg.rollout_resources, "reference": cfg.reference_resources}
     for i in range(cfg.deepspeed.num_ranks):
         roles.update({f"policy_rank{i}": cfg.policy_resources, f"rm_rank{i}": cfg.rm_resources})
+        if cfg.policy.algorithm == "ppo":
+            roles[f"critic_rank{i}"] = cfg.critic_resources
     check_fits(roles, init_ray(cfg.ray))
     m = cfg.models
     rollout = RolloutActor.options(**actor_options(cfg.rollout_resources)).remote(m.summarizer, cfg.rollout, m.dtype, cfg.seed)
@@ -178,16 +235,25 @@ def start_actors(cfg: PlusConfig):
     policy = PolicyGroup(m.summarizer, cfg.policy, cfg.deepspeed, cfg.policy_resources, cfg.seed,
                          cfg.policy.minibatch_size, m.dtype)
     rm = RewardModelGroup(m.reward_model, cfg.rm, cfg.deepspeed, cfg.rm_resources, cfg.seed, cfg.rollout_batch)
+    critic = None
+    if cfg.policy.algorithm == "ppo":
+        critic = CriticGroup(m.summarizer, cfg.policy, cfg.deepspeed, cfg.critic_resources, cfg.seed,
+                             cfg.policy.minibatch_size, m.dtype)
     info = ray.get([a.info.remote() for a in (rollout, evaluator, reference)])
     print(f"  rollout ({info[0]['backend']}) {info[0]['startup_s']:.1f}s, eval engine {info[1]['startup_s']:.1f}s, "
-          f"reference {info[2]['startup_s']}s; policy + RM: {cfg.deepspeed.num_ranks} rank(s) each", flush=True)
-    return rollout, evaluator, reference, policy, rm
+          f"reference {info[2]['startup_s']}s; policy + RM{' + critic' if critic else ''}: "
+          f"{cfg.deepspeed.num_ranks} rank(s) each", flush=True)
+    return rollout, evaluator, reference, policy, rm, critic
 
 
 def main(argv=None) -> dict:
+    argv, resume_dir = resume_argv(argv, "jobs.plus")
     cfg = parse_config(PlusConfig, argv, prog="jobs.plus")
-    run_dir = prepare_run_dir(cfg, cfg.run_dir)
-    timings: dict[str, float] = {}
+    run_dir = Path(cfg.run_dir)
+    resumed = read_checkpoint(run_dir, cfg) if resume_dir else None
+    prepare_run_dir(cfg, run_dir)
+    timings: dict[str, float] = dict(resumed["timings_s"]) if resumed else {}
+    ppo = cfg.policy.algorithm == "ppo"
 
     with phase("load data", timings):
         from jobs.summarize import build_requests
@@ -205,12 +271,25 @@ def main(argv=None) -> dict:
     with phase("start actors", timings):
         import ray
 
-        rollout, evaluator, reference, policy, rm = start_actors(cfg)
+        rollout, evaluator, reference, policy, rm, critic = start_actors(cfg)
+        groups = {"policy": policy, "reward_model": rm, **({"critic": critic} if critic else {})}
 
-    version, best, last_val = 0, {"iteration": 0, "validation_accuracy": -1.0}, {}
+    start, version, best, last_val = 0, 0, {"iteration": 0, "validation_accuracy": -1.0}, {}
     blob = None  # the latest synced weights (None: still the initial checkpoint)
-    with MetricsLogger(run_dir) as log:
+    if resumed:
+        with phase("restore checkpoint", timings):
+            start, version, best, last_val = (resumed[k] for k in ("iteration", "weight_version", "best", "last_validation"))
+            for role, group in groups.items():
+                group.load_state(str(run_dir / "checkpoint" / role), resumed["tag"])
+            if version > 0:  # the rollout engine samples with the restored policy, under its version
+                blob = policy.state_dict_bytes()
+                ray.get(rollout.update_weights.remote(blob, version))
+            print(f"  resumed {run_dir} at iteration {start} (weight version {version})", flush=True)
+
+    with MetricsLogger(run_dir, keep_until_step=start) as log:
         for it, rows in enumerate(user_batches(train.num_rows, cfg.users_per_iter, cfg.iterations, cfg.seed), 1):
+            if it <= start:
+                continue  # the data order is replayed from the seed up to the checkpoint
             t: dict[str, float] = {}
             batch = train.take(rows)
             with phase("generate", t, quiet=True):
@@ -224,32 +303,41 @@ def main(argv=None) -> dict:
                 old_lp, mask = token_tensor(rollouts.column("summary_logprobs"), "summary_logprobs")
                 ref_lp, _ = token_tensor(ray.get(reference.logprobs.remote(rollouts)).column("logprobs"), "ref logprobs")
                 kl = kl_penalty(old_lp, ref_lp, cfg.policy.kl_estimator)
+            values = None
+            if ppo:
+                with phase("values", t, quiet=True):
+                    values, _ = token_tensor(critic.values(rollouts).column("values"), "values")
             with phase("advantages", t, quiet=True):
-                adv, returns = advantages_of(cfg, rollouts, score, kl, mask)
-                train_batch = policy_batch(rollouts, adv)
+                rewards = token_rewards(score, kl, mask, cfg.policy.kl_coef, cfg.policy.reward_clip)
+                adv, returns = advantages_of(cfg, rollouts, rewards, mask, values)
             m = {}
+            update_policy = not cfg.freeze_summarizer and not (ppo and it <= cfg.policy.critic_warmup_iterations)
             with phase("train summarizer", t, quiet=True):
-                if not cfg.freeze_summarizer:
-                    m.update({f"policy_{k}": v for k, v in train_policy(cfg, policy, train_batch, cfg.seed + it).items()})
+                if update_policy:
+                    m.update(train_minibatches(cfg, policy, policy_batch(rollouts, adv), cfg.seed + it, "policy"))
+            if ppo:
+                with phase("train critic", t, quiet=True):
+                    m.update(train_minibatches(cfg, critic, critic_batch(rollouts, values, returns), cfg.seed + it, "critic"))
             with phase("train reward model", t, quiet=True):
                 for _ in range(0 if cfg.freeze_reward_model else cfg.rm_updates_per_iter):
                     r = rm.train_step(pairs)
                     m.update(rm_loss=r["loss"], rm_accuracy=r["accuracy"], rm_grad_norm=r["grad_norm"])
+            sampled_by = version
             with phase("sync weights", t, quiet=True):
-                if not cfg.freeze_summarizer:
+                if update_policy:
                     blob = policy.state_dict_bytes()
-                    sync = ray.get(rollout.update_weights.remote(blob, version + 1))
-                    version = sync["weight_version"]
+                    version = ray.get(rollout.update_weights.remote(blob, version + 1))["weight_version"]
             stamped = set(rollouts.column("weight_version").to_pylist())
-            if stamped != {version - (0 if cfg.freeze_summarizer else 1)}:  # synchronous loop: sampled by the last sync
-                raise RuntimeError(f"iteration {it}: rollouts stamped with weight versions {stamped}, expected {version - 1}")
+            if stamped != {sampled_by}:  # synchronous loop: every rollout uses the latest synced weights
+                raise RuntimeError(f"iteration {it}: rollouts stamped with weight versions {stamped}, expected {sampled_by}")
             m.update(
                 reward=float(score.clamp(-cfg.policy.reward_clip, cfg.policy.reward_clip).mean()),
                 margin=float(margins.mean()), train_pair_accuracy=float((margins > 0).float().mean()),
-                kl=float(masked_sum(kl, mask) / mask.sum()), return_mean=float(returns.mean()),
-                advantage_abs=float(adv.abs().mean()), summary_tokens=float(mask.sum(1).float().mean()),
+                kl=float(masked_sum(kl, mask) / mask.sum()), return_mean=float(masked_sum(rewards, mask, dim=1).mean()),
+                advantage_abs=float(masked_sum(adv.abs(), mask) / mask.sum() if adv.dim() == 2 else adv.abs().mean()),
+                summary_tokens=float(mask.sum(1).float().mean()),
                 stopped_at_eos=float(np.mean([r == "stop" for r in rollouts.column("finish_reason").to_pylist()])),
-                rollout_weight_version=float(min(stamped)), weight_version=float(version),
+                rollout_weight_version=float(sampled_by), weight_version=float(version),
                 **{f"time_{k.replace(' ', '_')}": v for k, v in t.items()},
             )
             log.log(it, m, "train")
@@ -271,12 +359,17 @@ def main(argv=None) -> dict:
                         rm.save(str(run_dir / "best" / "reward_model"))
                         policy.save(str(run_dir / "best" / "summarizer"))
                     (run_dir / "best.json").write_text(json.dumps(best, indent=2))
+            if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
+                with phase("checkpoint", timings, quiet=True):
+                    save_checkpoint(run_dir, it, groups, {
+                        "weight_version": version, "best": best, "last_validation": last_val, "timings_s": timings,
+                        "num_ranks": cfg.deepspeed.num_ranks, "algorithm": cfg.policy.algorithm})
 
     with phase("save", timings):
         rm.save(str(run_dir / "last" / "reward_model"))
         policy.save(str(run_dir / "last" / "summarizer"))
-        policy.shutdown()
-        rm.shutdown()
+        for group in groups.values():
+            group.shutdown()
         for actor in (rollout, evaluator, reference):
             ray.kill(actor)
     view = write_evaluate_view(cfg, run_dir)

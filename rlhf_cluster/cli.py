@@ -49,6 +49,39 @@ def parse_config(model: type[M], argv: Sequence[str] | None = None, prog: str | 
     return cfg
 
 
+def resume_argv(argv: Sequence[str] | None, prog: str) -> tuple[list[str], Path | None]:
+    """Handle ``--resume RUN_DIR``: the run's own config.yaml becomes the config file and run_dir is
+    pinned to RUN_DIR; the other arguments stay overrides. Returns (argv for parse_config, RUN_DIR or None).
+    A missing RUN_DIR/config.yaml or a --config next to --resume exits 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, run_dir = [], None
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--resume" and i + 1 < len(argv):
+            run_dir, i = argv[i + 1], i + 2
+            continue
+        if argv[i].startswith("--resume="):
+            run_dir = argv[i].split("=", 1)[1]
+        elif argv[i] == "--resume":
+            _usage_error(prog, "--resume needs a run directory")
+        else:
+            rest.append(argv[i])
+        i += 1
+    if run_dir is None:
+        return rest, None
+    if any(a == "--config" or a.startswith("--config=") for a in rest):
+        _usage_error(prog, f"--resume {run_dir} reads {run_dir}/config.yaml; pass overrides (key=value) only, not --config")
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
+        _usage_error(prog, f"--resume {run_dir}: {config} not found (is it a run directory of this job?)")
+    return ["--config", str(config), *rest, f"run_dir={run_dir}"], Path(run_dir)
+
+
+def _usage_error(prog: str, message: str) -> None:
+    print(f"{prog}: {message}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
 def load_config(model: type[M], argv: Sequence[str]) -> M:
     """Like ``parse_config`` but raises ``ConfigError`` instead of exiting (for tests and libraries)."""
     config_file, overrides = _split_argv(argv)

@@ -439,7 +439,7 @@ class PolicyTrainConfig(StrictModel):
 
     algorithm: Literal["grpo", "rloo", "ppo"] = Field(
         "grpo", description="Advantage estimator: grpo (group-normalised returns), rloo (leave-one-out baseline), "
-        "ppo (GAE with a critic; the critic is not implemented yet).",
+        "ppo (per-token GAE with a learned critic, advantages whitened over the batch).",
     )
     clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip ε: the ratio is clipped to [1 − ε, 1 + ε].")
     kl_coef: float = Field(0.01, ge=0, description="Per-token KL penalty coefficient vs the frozen reference (PLUS: 0.01).")
@@ -462,6 +462,14 @@ class PolicyTrainConfig(StrictModel):
     optim: OptimConfig = Field(
         default_factory=lambda: OptimConfig(lr=1e-5), description="Optimizer of the summarizer policy."
     )
+    critic_optim: OptimConfig = Field(
+        default_factory=lambda: OptimConfig(lr=1e-4),
+        description="ppo: optimizer of the critic (the summarizer's backbone with a fresh scalar per-token head).",
+    )
+    critic_warmup_iterations: int = Field(
+        0, ge=0, description="ppo: train only the critic (policy frozen) for this many first iterations, so the "
+        "first policy updates see a fitted baseline.",
+    )
 
 
 # ------------------------------------------------------------------------------- PLUS co-adaptation
@@ -472,10 +480,11 @@ class PlusConfig(StrictModel):
     from the reward model's accuracy on a held-out pair of the same user, and the reward model learns
     (Bradley–Terry) on the same users' pairs conditioned on the same sampled summaries.
 
-    One iteration: generate → score → reference → advantages → train summarizer → train reward model →
-    sync weights. Batch sizes follow from users_per_iter × rollout.n_samples (the rollout batch): the
-    reward model takes it whole each update (rm.batch_size and rm.steps are not used); the summarizer
-    splits it into policy.minibatch_size steps, policy.epochs times.
+    One iteration: generate → score → reference → [values (ppo)] → advantages → train summarizer →
+    [train critic (ppo)] → train reward model → sync weights. Batch sizes follow from users_per_iter ×
+    rollout.n_samples (the rollout batch): the reward model takes it whole each update (rm.batch_size and
+    rm.steps are not used); the summarizer (and critic) split it into policy.minibatch_size steps,
+    policy.epochs times.
     """
 
     run_dir: str = Field("runs/plus", description="Output: config.yaml, metrics.jsonl, tb/, best/, last/, train_summary.json.")
@@ -499,7 +508,7 @@ class PlusConfig(StrictModel):
     rollout: RolloutConfig = Field(
         default_factory=lambda: RolloutConfig(n_samples=4), description="Summary sampling; n_samples is the GRPO group size (≥ 2)."
     )
-    policy: PolicyTrainConfig = Field(default_factory=PolicyTrainConfig, description="Summarizer RL (algorithm grpo or rloo).")
+    policy: PolicyTrainConfig = Field(default_factory=PolicyTrainConfig, description="Summarizer RL (algorithm grpo, rloo or ppo).")
     rm: RewardTrainConfig = Field(
         default_factory=lambda: RewardTrainConfig(conditioning="summary"),
         description="Reward model: conditioning must be 'summary'; batch_size/steps/eval_every unused (see above).",
@@ -512,6 +521,11 @@ class PlusConfig(StrictModel):
     policy_resources: ActorResources = Field(default_factory=ActorResources, description="EACH summarizer policy rank.")
     rm_resources: ActorResources = Field(default_factory=ActorResources, description="EACH reward-model rank.")
     reference_resources: ActorResources = Field(default_factory=ActorResources, description="The frozen reference summarizer.")
+    critic_resources: ActorResources = Field(default_factory=ActorResources, description="EACH critic rank (policy.algorithm=ppo only).")
+    checkpoint_every: int = Field(
+        10, ge=1, description="Write run_dir/checkpoint/ (policy, reward model, critic: weights + optimizer + RNG; "
+        "data position, weight version) every this many iterations and at the last; `--resume RUN_DIR` continues from it.",
+    )
     show: int = Field(3, ge=0, description="Print this many greedy validation summaries (with the true user description) per validation.")
 
     @property
@@ -536,10 +550,9 @@ class PlusConfig(StrictModel):
             raise ValueError("models.summarizer and models.reward_model are both required (PLUS trains both)")
         if self.rm.conditioning != "summary":
             raise ValueError(f"rm.conditioning must be 'summary' for PLUS, got {self.rm.conditioning!r}")
-        if self.policy.algorithm == "ppo":
-            raise ValueError("policy.algorithm=ppo needs a critic, not implemented yet; use grpo or rloo")
-        if self.rollout.n_samples < 2:
-            raise ValueError("rollout.n_samples must be ≥ 2: GRPO/RLOO need a group to form a baseline")
+        if self.rollout.n_samples < 2 and self.policy.algorithm != "ppo":
+            raise ValueError("rollout.n_samples must be ≥ 2 for grpo/rloo: they need a group to form a baseline "
+                             "(policy.algorithm=ppo learns a critic instead and works with 1)")
         if self.rollout.temperature == 0:
             raise ValueError("rollout.temperature must be > 0: greedy samples of one group are identical (zero advantage)")
         n, ranks = self.rollout_batch, self.deepspeed.num_ranks

@@ -128,6 +128,31 @@ def module_checksum(module: torch.nn.Module) -> float:
     return float(sum(p.detach().double().abs().sum().item() for p in module.parameters()))
 
 
+def rng_state() -> dict:
+    """This process's torch (CPU, and CUDA when present), numpy and Python RNG states."""
+    import random
+
+    import numpy as np
+
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` returned (the CUDA part only where a GPU is visible)."""
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 # ---------------------------------------------------------------------------------------- the rank
 
 
@@ -229,6 +254,29 @@ class DeepSpeedRank:
         return {"rank": self.rank, "world_size": self.world_size, "device": str(self.device),
                 "zero_stage": self.ds.zero_stage, "startup_s": round(getattr(self, "startup_s", 0.0), 2),
                 "step": self.global_step}
+
+    # ------------------------------------------------------------ training state (exact resume)
+
+    def save_state(self, directory: str, tag: str) -> str:
+        """Everything training needs to continue exactly: weights, optimizer and LR-schedule state
+        (DeepSpeed's checkpoint: each rank writes its ZeRO partition), step count and this rank's RNG
+        states, under ``directory/tag``. Every rank must call; on several nodes ``directory`` must be
+        shared storage. Unlike ``save`` (an HF model for inference), this is not loadable by transformers."""
+        client = {"global_step": self.global_step, "rng": rng_state()}
+        self.engine.save_checkpoint(directory, tag=tag, client_state=client, save_latest=False)
+        return str(Path(directory) / tag)
+
+    def load_state(self, directory: str, tag: str) -> int:
+        """Restore what ``save_state`` wrote (every rank must call); returns the restored step count."""
+        if not (Path(directory) / tag).is_dir():  # DeepSpeed would fail on a bare assert
+            raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
+        path, client = self.engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True,
+                                                   load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"DeepSpeed found no loadable checkpoint {tag!r} under {directory}")
+        self.global_step = int(client["global_step"])
+        set_rng_state(client["rng"])
+        return self.global_step
 
     def _save_hf(self, path: str, hf_model: torch.nn.Module, tokenizer) -> str:
         """Rank 0 writes ``hf_model`` (a PreTrainedModel inside the engine) + tokenizer with save_pretrained.

@@ -195,19 +195,25 @@ def ppo_policy_loss(
 
 
 def value_loss(
-    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_eps: float = 0.2
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+    num_tokens: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped value loss (PPO2 baselines; "Implementation Matters", Engstrom et al. 2020,
     arXiv:2005.12729, §3). All [B, T] → (scalar, stats).
 
     ½·masked_mean(max((V − R)², (V_old + clip(V − V_old, −ε, ε) − R)²)). Stats: clip_frac (share of
-    tokens where the clipped error was the larger one).
+    tokens where the clipped error was the larger one). ``num_tokens``: the divisor, as in ppo_policy_loss.
     """
     m = _bool(mask)
     v, old, ret = values.float(), old_values.float(), returns.float()
     v_clipped = old + (v - old).clamp(-clip_eps, clip_eps)
     err, err_clipped = (v - ret) ** 2, (v_clipped - ret) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), m)
+    divisor = m.sum() if num_tokens is None else num_tokens
+    loss = 0.5 * masked_sum(torch.maximum(err, err_clipped), m) / divisor
     with torch.no_grad():
         stats = {"clip_frac": masked_mean((err_clipped > err).float(), m)}
     return loss, stats

@@ -46,17 +46,25 @@ class MetricsLogger:
     and as they are to TensorBoard. Use as a context manager or call ``close()``.
     """
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, keep_until_step: int | None = None):
+        """``keep_until_step``: first drop the records after this step (a run resumed from a checkpoint at
+        step k logs steps k+1… again; 0: start afresh). None: append to whatever is there."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
-        self._file = self.path.open("a", encoding="utf-8")  # append: a resumed run continues the file
+        if keep_until_step is not None and self.path.exists():
+            kept = [r for r in read_metrics(self.run_dir) if r["step"] <= keep_until_step]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            tmp.replace(self.path)
+        self._file = self.path.open("a", encoding="utf-8")
         self._writer = None
         if tensorboard:
             # Imported here: tensorboard costs ~1 s to import and jobs may log without it.
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"))
+            purge = None if keep_until_step is None else keep_until_step + 1  # TensorBoard hides later events
+            self._writer = SummaryWriter(log_dir=str(self.run_dir / "tb"), purge_step=purge)
 
     def log(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> dict:
         """Write one event; returns the JSON record written."""

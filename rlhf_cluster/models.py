@@ -20,8 +20,10 @@ from typing import Callable, Sequence
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
@@ -106,6 +108,18 @@ def load_reward_model(
     )
     if pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
+    return model.eval()
+
+
+def load_value_model(path: str | Path, dtype: str | torch.dtype = "float32") -> PreTrainedModel:
+    """A scalar per-token head (``num_labels=1`` token classifier, no dropout) on the backbone in
+    ``path``: the PPO critic. A causal-LM checkpoint gets a fresh ``score`` head (expected warning)."""
+    p = check_checkpoint_dir(path)
+    config = AutoConfig.from_pretrained(str(p), num_labels=1, local_files_only=True)
+    config.classifier_dropout = 0.0
+    model = AutoModelForTokenClassification.from_pretrained(
+        str(p), config=config, dtype=resolve_dtype(dtype), local_files_only=True
+    )
     return model.eval()
 
 

@@ -164,3 +164,24 @@ TOKEN_LOGPROBS_SCHEMA = pa.schema(
     [pa.field("logprobs", pa.list_(pa.float32()), nullable=False)],  # [summary_len]
     metadata={"rlhf_cluster.schema": "token_logprobs/v1"},
 )
+
+
+# ------------------------------------------------------------------------------- critic batches
+# Driver -> critic group (train_step, PPO only): one row per sampled summary, the critic's values before
+# this update (the clip centre of the value loss) and the GAE returns (its targets), per summary token.
+CRITIC_BATCH_SCHEMA = pa.schema(
+    [
+        pa.field("prompt_token_ids", pa.list_(pa.int32()), nullable=False),  # [prompt_len]
+        pa.field("summary_token_ids", pa.list_(pa.int32()), nullable=False),  # [summary_len]
+        pa.field("values", pa.list_(pa.float32()), nullable=False),  # [summary_len], critic before the update
+        pa.field("returns", pa.list_(pa.float32()), nullable=False),  # [summary_len], GAE targets A + V
+    ],
+    metadata={"rlhf_cluster.schema": "critic_batch/v1"},
+)
+
+# Critic group -> driver (values): the input rows' order, one row each. values[t] = V(prompt, summary[:t]),
+# the expected return from summary token t on, read where the policy reads the logits predicting token t.
+TOKEN_VALUES_SCHEMA = pa.schema(
+    [pa.field("values", pa.list_(pa.float32()), nullable=False)],  # [summary_len]
+    metadata={"rlhf_cluster.schema": "token_values/v1"},
+)

@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import torch
 
 from rlhf_cluster.reward_model import BatchError, check_batch
-from rlhf_cluster.schema import POLICY_BATCH_SCHEMA, TOKEN_LOGPROBS_SCHEMA
+from rlhf_cluster.schema import CRITIC_BATCH_SCHEMA, POLICY_BATCH_SCHEMA, TOKEN_LOGPROBS_SCHEMA, TOKEN_VALUES_SCHEMA
 from rlhf_cluster.tensors import pad_list_column, tensor_to_list_array
 
 TokenLists = pa.Array | pa.ChunkedArray | Sequence[Sequence[int]]
@@ -101,6 +101,25 @@ def summary_token_logprobs(
     return token, entropy
 
 
+def summary_token_values(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    summary_ids: torch.Tensor,
+    summary_mask: torch.Tensor,
+) -> torch.Tensor:
+    """V(prompt, s_<t) for each summary token t, [B, T] float32, 0 on padding (differentiable).
+
+    ``model`` is a scalar token classifier (``models.load_value_model``); the value of token t's state
+    is read in column P−1+t, the column whose logits predict s_t in ``summary_token_logprobs``.
+    """
+    T = summary_ids.shape[1]
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    values = out.logits[:, -(T + 1) : -1, 0].float()
+    return torch.where(summary_mask.bool(), values, torch.zeros_like(values))
+
+
 @torch.no_grad()
 def sequence_logprobs(
     model: torch.nn.Module, prompt_ids: TokenLists, summary_ids: TokenLists, pad_id: int = 0
@@ -136,8 +155,12 @@ def check_token_columns(batch: pa.Table, where: str) -> None:
 def check_policy_batch(batch: pa.Table, where: str) -> None:
     """POLICY_BATCH_SCHEMA, and per row one old logprob and one advantage per summary token, all finite."""
     check_batch(batch, POLICY_BATCH_SCHEMA, where)
+    _check_per_token(batch, ("summary_logprobs", "advantages"), where)
+
+
+def _check_per_token(batch: pa.Table, names: Sequence[str], where: str) -> None:
     lengths = pc.list_value_length(batch.column("summary_token_ids")).to_numpy()
-    for name in ("summary_logprobs", "advantages"):
+    for name in names:
         column = batch.column(name)
         bad = np.flatnonzero(pc.list_value_length(column).to_numpy() != lengths)
         if len(bad):
@@ -170,3 +193,27 @@ def policy_batch(rollout: pa.Table, advantages: torch.Tensor) -> pa.Table:
         per_token = tensor_to_list_array(adv, lengths=lengths, side="right", value_type=pa.float32())
     columns = [rollout.column(n) for n in ("prompt_token_ids", "summary_token_ids", "summary_logprobs")]
     return pa.Table.from_arrays([*columns, per_token, rollout.column("weight_version")], schema=POLICY_BATCH_SCHEMA)
+
+
+def values_table(values: torch.Tensor, mask: torch.Tensor) -> pa.Table:
+    """[B, T] values + summary mask → TOKEN_VALUES_SCHEMA rows (padding dropped)."""
+    column = tensor_to_list_array(values.float(), mask=mask, value_type=pa.float32())
+    return pa.Table.from_arrays([column], schema=TOKEN_VALUES_SCHEMA)
+
+
+def critic_batch(rollout: pa.Table, values: torch.Tensor, returns: torch.Tensor) -> pa.Table:
+    """CRITIC_BATCH_SCHEMA rows from ROLLOUT_SCHEMA rows and [B, T] values and returns (right-padded)."""
+    lengths = pc.list_value_length(rollout.column("summary_token_ids")).to_numpy().astype(np.int64)
+    for name, x in (("values", values), ("returns", returns)):
+        if x.dim() != 2 or x.shape[0] != rollout.num_rows or x.shape[1] < int(lengths.max(initial=0)):
+            raise ValueError(f"{name} must be [{rollout.num_rows}, ≥{int(lengths.max(initial=0))}], got {tuple(x.shape)}")
+    columns = [rollout.column("prompt_token_ids"), rollout.column("summary_token_ids")]
+    columns += [tensor_to_list_array(x.detach().float().cpu(), lengths=lengths, side="right", value_type=pa.float32())
+                for x in (values, returns)]
+    return pa.Table.from_arrays(columns, schema=CRITIC_BATCH_SCHEMA)
+
+
+def check_critic_batch(batch: pa.Table, where: str) -> None:
+    """CRITIC_BATCH_SCHEMA, and per row one value and one return per summary token, all finite."""
+    check_batch(batch, CRITIC_BATCH_SCHEMA, where)
+    _check_per_token(batch, ("values", "returns"), where)

@@ -158,3 +158,51 @@ def combine_metrics(per_rank: list[dict]) -> dict:
         values = [m[key] for m in per_rank]
         out[key] = sum(values) if key.startswith("n_") else max(values) if key == "seconds" else sum(values) / len(values)
     return out
+
+
+class DeepSpeedGroupHandle:
+    """What every driver-side handle on a group of DeepSpeedRank actors shares: start-up, save, load,
+    checksums and shutdown, as explicit methods. Subclasses add their role's own (train_step, score …).
+    """
+
+    def __init__(self, actor_cls, num_ranks: int, resources, name: str, **actor_kwargs):
+        self.group = WorkerGroup(actor_cls, num_ranks, resources, name=name, **actor_kwargs)
+        try:
+            self.info = self.group.gather([w.info.remote() for w in self.ranks])  # raises a constructor's error
+        except BaseException:
+            self.shutdown()
+            raise
+
+    @property
+    def ranks(self) -> list:
+        """The rank actors, rank 0 first (empty after shutdown)."""
+        return self.group.workers
+
+    def save(self, path: str) -> str:
+        """Write the HF checkpoint directory at ``path`` (atomically; non-finite weights refused)."""
+        return self.group.gather([w.save.remote(str(path)) for w in self.ranks])[0]
+
+    def load(self, path: str) -> None:
+        """Load the HF checkpoint at ``path`` on every rank (fresh optimizer state and LR warmup)."""
+        self.group.gather([w.load.remote(str(path)) for w in self.ranks])
+
+    def save_state(self, directory: str, tag: str) -> str:
+        """Training state (weights, optimizer, LR schedule, step, RNG) of every rank under ``directory/tag``."""
+        return self.group.gather([w.save_state.remote(str(directory), tag) for w in self.ranks])[0]
+
+    def load_state(self, directory: str, tag: str) -> int:
+        """Restore ``save_state``'s checkpoint on every rank (same number of ranks); returns the step."""
+        return self.group.gather([w.load_state.remote(str(directory), tag) for w in self.ranks])[0]
+
+    def parameter_checksums(self) -> list[float]:
+        """One checksum per rank (sum of |w| in float64): equal when the ranks hold identical weights."""
+        return self.group.gather([w.parameter_checksum.remote() for w in self.ranks])
+
+    def shutdown(self) -> None:
+        self.group.shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()

@@ -229,6 +229,30 @@ def test_save_load_into_fresh_group_and_transformers(trained, backbone, pairs, t
 
 
 @pytest.mark.slow
+def test_training_state_resumes_exactly(ray_local, backbone, pairs, tmp_path):
+    """save_state after step 1 → a fresh 2-rank group (ZeRO-2: each rank's optimizer partition) that
+    load_state's it takes steps 2 and 3 exactly as the uninterrupted group did; an HF-only load does not."""
+    rm = _rm(warmup_steps=3)  # the LR schedule position matters too
+    with _group(backbone, ranks=2, rm=rm) as g:
+        first = g.train_step(pairs.slice(0, BATCH))
+        g.save_state(str(tmp_path / "state"), "step1")
+        g.save(str(tmp_path / "hf1"))
+        rest = [g.train_step(pairs.slice(BATCH * i, BATCH)) for i in (1, 2)]
+    with _group(backbone, ranks=2, rm=rm) as fresh:
+        assert fresh.load_state(str(tmp_path / "state"), "step1") == 1
+        resumed = [fresh.train_step(pairs.slice(BATCH * i, BATCH)) for i in (1, 2)]
+        fresh.load(str(tmp_path / "hf1"))  # weights only: Adam moments and the LR step start over
+        weights_only = fresh.train_step(pairs.slice(BATCH, BATCH))
+    assert first["lr"] < rest[0]["lr"] < rest[1]["lr"]
+    for want, got in zip(rest, resumed):
+        assert (got["loss"], got["grad_norm"], got["lr"]) == (want["loss"], want["grad_norm"], want["lr"])
+    assert weights_only["lr"] != rest[0]["lr"]
+    with pytest.raises(Exception, match="no DeepSpeed checkpoint|not found|No such file"):
+        with _group(backbone, ranks=1, rm=rm) as other:
+            other.load_state(str(tmp_path / "state"), "missing")
+
+
+@pytest.mark.slow
 def test_bad_batches_are_clear_errors(trained, pairs):
     group, _ = trained
     with pytest.raises(BatchError, match=r"train_step: batch schema mismatch \(missing \['rejected'\]"):
