@@ -31,8 +31,17 @@ $(STAMP): requirements/cpu.lock pyproject.toml
 	@$(BIN)/python -c "import torch, ray, vllm, deepspeed, transformers, pyarrow, pydantic; print('>> stack ok: torch', torch.__version__, '| ray', ray.__version__, '| vllm', vllm.__version__, '| deepspeed', deepspeed.__version__)"
 	@touch $(STAMP)
 
-demo: $(STAMP) $(DEMO_MODELS)/models.json  ## generate data + tiny models, run the main job on local Ray
-	$(BIN)/python -m jobs.summarize --config configs/demo.yaml
+demo: $(STAMP) $(DEMO_MODELS)/models.json  ## data + tiny models if missing, PLUS on local Ray, bt/oracle, comparison table
+	@echo ">> [1/4] PLUS co-adaptation (configs/demo.yaml)"
+	$(BIN)/python -m jobs.plus --config configs/demo.yaml
+	@echo ">> [2/4] evaluate PLUS on the test splits"
+	$(BIN)/python -m jobs.evaluate --run runs/demo/plus/evaluate
+	@echo ">> [3/4] reference reward models: bt (no user information) and oracle (the true user description)"
+	@for c in bt oracle; do \
+	  $(BIN)/python -m jobs.train_rm --config configs/demo_rm.yaml rm.conditioning=$$c run_dir=runs/demo/rm-$$c && \
+	  $(BIN)/python -m jobs.evaluate --run runs/demo/rm-$$c > /dev/null || exit 1; done
+	@echo ">> [4/4] comparison"
+	$(BIN)/python -m jobs.compare --runs "[runs/demo/plus/evaluate, runs/demo/rm-bt, runs/demo/rm-oracle]" --out runs/demo/compare
 
 $(DEMO_DATA)/ceilings.json: | $(STAMP)
 	$(BIN)/python -m jobs.make_data --dataset pets --out $(DEMO_DATA) --seed 0

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from rlhf_cluster.cli import EXIT_USAGE, parse_config
 from rlhf_cluster.config import CompareConfig, TrainRMConfig
-from rlhf_cluster.metrics import mean_ci95
+from rlhf_cluster.metrics import mean_ci95, summary_lines
 
 SUBSETS = ("all", "contested", "agreed")
 # "ceiling:" in every name: a group conditioned on the oracle description is also labelled "oracle".
@@ -112,7 +112,9 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def grouping_key(config: dict) -> tuple:
-    """Every config key except NOT_GROUPING, as a hashable sorted tuple."""
+    """A named run's name; otherwise every config key except NOT_GROUPING, as a hashable sorted tuple."""
+    if config.get("name"):
+        return (("name", config["name"]),)
     flat = flatten(config)
     kept = {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_GROUPING)}
     return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in kept.items()))
@@ -127,7 +129,7 @@ def group_runs(runs: list[RunEval]) -> list[Group]:
     out = list(groups.values())
     for g in out:
         cfg = g.runs[0].config
-        g.label = str((cfg.get("rm") or {}).get("conditioning", "?")) + (f" [{cfg['name']}]" if cfg.get("name") else "")
+        g.label = cfg["name"] if cfg.get("name") else str((cfg.get("rm") or {}).get("conditioning", "?"))
     _disambiguate(out)
     return out
 
@@ -205,6 +207,9 @@ def markdown(result: dict) -> str:
             vals = [(ceil.get(sub) or {}).get(key) for sub in SUBSETS]
             lines.append(f"| *{name}* | " + " | ".join("–" if v is None else f"{v:.3f}" for v in vals) + " | |")
         lines.append("")
+    for g in result["groups"]:
+        for split, rows in list((g.get("sample_summaries") or {}).items())[-1:]:  # the last split: often OOD
+            lines += [f"Sample summaries of {g['label']} ({split}, {g['runs'][0]}):", "", *summary_lines(rows), ""]
     lines.append("Groups: " + "; ".join(f"{g['label']} = {', '.join(g['runs'])}" for g in result["groups"]))
     return "\n".join(lines) + "\n"
 
@@ -270,7 +275,8 @@ def compare(cfg: CompareConfig) -> dict:
     result = {
         "eval_file": cfg.eval_file, "runs": [str(r.dir) for r in runs], "splits": splits,
         "groups": [{"label": g.label, "runs": [str(r.dir) for r in g.runs], "seeds": g.seeds,
-                    "accuracy": aggregate(g, splits)} for g in groups],
+                    "accuracy": aggregate(g, splits),
+                    "sample_summaries": g.runs[0].eval.get("sample_summaries") or {}} for g in groups],
         "ceilings": pick_ceilings(runs),
     }
     for g in result["groups"]:

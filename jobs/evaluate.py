@@ -34,7 +34,7 @@ from tqdm import tqdm
 from rlhf_cluster.cli import EXIT_USAGE, parse_config
 from rlhf_cluster.config import EvaluateConfig, RayConfig, TrainRMConfig
 from rlhf_cluster.data import DataError, list_splits, read_split
-from rlhf_cluster.metrics import accuracy_by_subset, pair_correct, per_user_accuracy
+from rlhf_cluster.metrics import accuracy_by_subset, pair_correct, per_user_accuracy, summary_lines
 from rlhf_cluster.models import CheckpointError, check_checkpoint_dir, load_reward_model, load_tokenizer
 from rlhf_cluster.reward_model import conditioning_texts, encode_pairs, pair_rewards, pair_table
 
@@ -183,6 +183,20 @@ def score_pairs(model, tokenizer, examples, conditioning, rm, batch_size: int, d
     return np.concatenate(chosen), np.concatenate(rejected), truncated
 
 
+SAMPLES_PER_SPLIT = 3
+
+
+def sample_summaries(examples: pa.Table, summaries: list, k: int) -> list[dict]:
+    """The summaries of the first ``k`` distinct users, with the generator's description when the data has one."""
+    out, seen = [], set()
+    truths = examples.column("user_description").to_pylist() if "user_description" in examples.schema.names else None
+    for i, user in enumerate(examples.column("user_id").to_pylist()):
+        if user not in seen and len(out) < k:
+            seen.add(user)
+            out.append({"user_id": user, "summary": summaries[i], "truth": truths[i] if truths else None})
+    return out
+
+
 def split_metrics(examples: pa.Table, r_chosen: np.ndarray, r_rejected: np.ndarray) -> tuple[dict, dict]:
     """(accuracy by subset, per-user accuracy) of one split's scores."""
     acc = accuracy_by_subset(r_chosen, r_rejected, examples.column("contested").to_pylist())
@@ -218,7 +232,10 @@ def markdown(result: dict) -> str:
               "| split | users | mean | worst decile | users in worst decile |", "|---|---:|---:|---:|---:|"]
     for split, u in result["per_user"].items():
         lines.append(f"| {split} | {u['n_users']} | {_fmt(u['mean'])} | {_fmt(u['worst_decile'])} | {u['n_worst']} |")
+    for split, rows in (result.get("sample_summaries") or {}).items():
+        lines += ["", f"Sample summaries ({split}):", ""] + summary_lines(rows)
     return "\n".join(lines) + "\n"
+
 
 
 def _checkpoint_info(run: Run) -> dict:
@@ -243,10 +260,12 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     print(f"evaluate: {run.checkpoint} (conditioning {run.cfg.rm.conditioning}) on {target.data_dir}: "
           f"{', '.join(target.splits)} [{device}]")
     model, tokenizer = load_scorer(run, device)
-    accuracy, per_user, truncated = {}, {}, {}
+    accuracy, per_user, truncated, samples = {}, {}, {}, {}
     for split in target.splits:
         examples = read_examples_for(cfg, run, target, split)
         cond = split_conditioning(examples, split, run, target, cfg.ray or run.cfg.ray)
+        if run.cfg.rm.conditioning == "summary":
+            samples[split] = sample_summaries(examples, cond, SAMPLES_PER_SPLIT)
         rc, rr, truncated[split] = score_pairs(
             model, tokenizer, examples, cond, run.cfg.rm, cfg.batch_size, device, desc=split
         )
@@ -259,7 +278,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "run": str(run.dir), "data": str(target.data_dir), "conditioning": run.cfg.rm.conditioning,
         "seed": run.cfg.seed, "checkpoint": _checkpoint_info(run),
         "splits": target.splits, "limit": cfg.limit, "accuracy": accuracy, "per_user": per_user,
-        "n_truncated": truncated, "ceilings": target.ceilings,
+        "n_truncated": truncated, "ceilings": target.ceilings, "sample_summaries": samples,
         "seconds": round(time.perf_counter() - start, 2),
     }
     table = markdown(result)

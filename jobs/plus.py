@@ -182,6 +182,12 @@ def show_summaries(val: pa.Table, summaries: list[str], k: int) -> None:
         print(f"  - user {user}: {text!r}\n      (truth: {truth})", flush=True)
 
 
+def run_label(cfg: PlusConfig) -> str:
+    """The run's label in comparison tables: PLUS, its algorithm and which side was frozen."""
+    frozen = [side for side, on in (("summarizer", cfg.freeze_summarizer), ("RM", cfg.freeze_reward_model)) if on]
+    return f"PLUS ({cfg.policy.algorithm}" + "".join(f", frozen {f}" for f in frozen) + ")"
+
+
 def write_evaluate_view(cfg: PlusConfig, run_dir: Path) -> Path:
     """run_dir/evaluate/: a TrainRMConfig (summary conditioning, greedy best summarizer) + links to best/,
     last/ reward models, so that jobs.evaluate scores this run as it scores a train_rm run."""
@@ -189,7 +195,7 @@ def write_evaluate_view(cfg: PlusConfig, run_dir: Path) -> Path:
     view.mkdir(exist_ok=True)
     greedy = cfg.rollout.model_copy(update={"temperature": 0.0, "n_samples": 1, "backend": cfg.eval_backend})
     rm_cfg = TrainRMConfig(
-        run_dir=str(view), seed=cfg.seed, data=cfg.data, train_split=cfg.train_split,
+        run_dir=str(view), name=run_label(cfg), seed=cfg.seed, data=cfg.data, train_split=cfg.train_split,
         models=cfg.models.model_copy(update={"summarizer": str((run_dir / "best" / "summarizer").resolve())}),
         rm=cfg.rm.model_copy(update={"batch_size": cfg.rollout_batch}), deepspeed=cfg.deepspeed, ray=cfg.ray,
         rank_resources=cfg.rm_resources, rollout=greedy, rollout_resources=cfg.rollout_resources,

@@ -190,6 +190,11 @@ class TrainRMConfig(StrictModel):
     """`python -m jobs.train_rm`: train a (personalized) reward model on a DeepSpeed group of Ray actors."""
 
     run_dir: str = Field("runs/rm", description="Output: config.yaml, metrics.jsonl, tb/, checkpoints/, best/.")
+    name: Optional[str] = Field(
+        None, description="Label in jobs.compare tables. Named runs are grouped by name alone (their seeds "
+        "averaged), so runs whose configs differ in run-specific paths — e.g. each PLUS run's own trained "
+        "summarizer — still form one group; give different experiments different names.",
+    )
     seed: int = Field(0, description="Seed of initialisation (score head), data order and sampling.")
     data: DataConfig
     models: ModelsConfig

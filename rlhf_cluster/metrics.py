@@ -209,3 +209,9 @@ def _as_float(values: Any) -> np.ndarray:
 
 def _mean_or_none(x: np.ndarray) -> float | None:
     return float(x.mean()) if len(x) else None
+
+
+def summary_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown bullets of sample summaries: user, summary, and the generator's description when known."""
+    return [f"- `{r['user_id']}`: {r['summary']!r}" + (f" — truth: {r['truth']}" if r.get("truth") else "")
+            for r in rows]

@@ -16,6 +16,7 @@ This module must stay importable without vLLM (the trainer side imports ``state_
 from __future__ import annotations
 
 import io
+import logging
 
 import torch
 
@@ -58,6 +59,20 @@ def bytes_to_state_dict(blob: bytes, device: torch.device | str = "cpu") -> dict
     return torch.load(io.BytesIO(bytes(blob)), map_location=device, weights_only=True)
 
 
+class _BufferOnlyLayers(logging.Filter):
+    """Drops vLLM's "RotaryEmbedding: Failed to load weights" warning on every reload: the rotary layer
+    holds only a computed cos/sin cache (no checkpoint weights), which vLLM keeps — nothing is wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "RotaryEmbedding: Failed to load weights" not in record.getMessage()
+
+
+def _quiet_reload_warnings() -> None:
+    log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    if not any(isinstance(f, _BufferOnlyLayers) for f in log.filters):
+        log.addFilter(_BufferOnlyLayers())
+
+
 class WeightSyncExtension:
     """Mixed into vLLM's worker class (``worker_extension_cls``); ``self`` is the worker.
 
@@ -74,6 +89,7 @@ class WeightSyncExtension:
         backend repacks linear weights there — loading straight into repacked params failed) and
         copies the result into the original storages, which CUDA graphs keep pointers to.
         """
+        _quiet_reload_warnings()
         device = getattr(self, "device", None) or self.model_runner.device
         state_dict = bytes_to_state_dict(blob, device)
         if hasattr(self, "reload_weights"):  # Worker.reload_weights sets the current vllm config around it

@@ -7,6 +7,7 @@ import pytest
 
 from rlhf_cluster.cli import ConfigError, help_text, load_config
 from rlhf_cluster.config import MakeDataConfig, SummarizeConfig
+from conftest import ROOT
 
 BASE = ["data.dir=d", "models.summarizer=m"]
 
@@ -102,3 +103,15 @@ def test_bad_yaml_exit_2_from_a_job(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jobs.summarize", "--config", path], capture_output=True, text=True)
     assert proc.returncode == 2 and "malformed YAML" in proc.stderr and path in proc.stderr
     assert "ray:" not in proc.stdout  # failed before starting Ray
+
+
+CONFIG_MODELS = {"demo.yaml": "PlusConfig", "demo_rm.yaml": "TrainRMConfig", "summarize.yaml": "SummarizeConfig"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    """Each YAML in configs/ loads into its job's config (by name: plus_* → jobs.plus, rm_* → jobs.train_rm)."""
+    import rlhf_cluster.config as config_module
+
+    name = CONFIG_MODELS.get(path.name) or {"plus": "PlusConfig", "rm": "TrainRMConfig"}[path.name.split("_")[0]]
+    load_config(getattr(config_module, name), ["--config", str(path)])

@@ -1,8 +1,9 @@
-"""The main job through `ray job submit --runtime-env deploy/runtime_env.yaml` against a `ray start --head`
+"""The main job (jobs.plus) through `ray job submit --runtime-env deploy/runtime_env.yaml` against a `ray start --head`
 cluster: the repo travels as the working dir and `actors/`/`jobs/` import on the cluster's workers."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,7 +15,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,24 +68,27 @@ def ray_head():
 
 
 @pytest.mark.slow
-def test_summarize_via_ray_job_submit(ray_head, tiny_data, tiny_models, tmp_path):
+def test_plus_via_ray_job_submit(ray_head, tiny_data, tiny_models, tmp_path):
+    """The PLUS job (vLLM rollout, DeepSpeed policy + RM groups, reference) submitted as the README says."""
+    from test_plus import TINY
+
     address, env = ray_head
     run_dir = tmp_path / "run"
     cmd = [
         str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
         "--runtime-env", "deploy/runtime_env.yaml", "--",
-        "python", "-m", "jobs.summarize",
-        f"data.dir={tiny_data}", "data.split=validation", "data.limit=4",
-        f"models.summarizer={tiny_models / 'summarizer'}", f"run_dir={run_dir}",
-        "rollout.backend=hf", "rollout.max_new_tokens=8", "rollout.n_samples=2", "rollout_resources.num_cpus=1",
+        "python", "-m", "jobs.plus", f"data.dir={tiny_data}", f"models.summarizer={tiny_models / 'summarizer'}",
+        f"models.reward_model={tiny_models / 'reward_model'}", f"run_dir={run_dir}", *TINY,
+        "iterations=2", "eval_every=2",
     ]
     for _ in range(30):  # the dashboard answers before the node's job agent registers: retry only that
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)
         out = proc.stdout + proc.stderr
         if "No available agent" not in out:
             break
         time.sleep(2)
     assert proc.returncode == 0, out[-5000:]
     assert "joined Ray cluster" in out  # the job joined the head, it did not start its own Ray
-    table = pq.read_table(run_dir / "summaries.parquet")
-    assert table.num_rows == 8 and set(table["sample_index"].to_pylist()) == {0, 1}
+    assert "iter 2/2" in out and "succeeded" in out
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert summary["weight_version"] == 2 and (run_dir / "last" / "summarizer" / "config.json").is_file()
