@@ -27,14 +27,18 @@ for seed in $SEEDS; do
       *) echo "unknown variant $variant (plus | frozen | ppo)" >&2; exit 2 ;;
     esac
     if [ ! -f $run/evaluate/eval.json ]; then
-      $PY -m jobs.plus --config configs/plus_$DATASET.yaml data.dir=$ROOT/data \
-        models.summarizer=$ROOT/models/summarizer models.reward_model=$ROOT/models/reward_model \
-        seed=$seed run_dir=$run "${extra[@]}" "$@" 2>$run.stderr.log | tee $run.stdout.log
+      if [ -f $run/checkpoint/state.json ]; then  # an interrupted run continues where it stopped
+        $PY -m jobs.plus --resume $run 2>>$run.stderr.log | tee -a $run.stdout.log
+      else
+        $PY -m jobs.plus --config configs/plus_$DATASET.yaml data.dir=$ROOT/data \
+          models.summarizer=$ROOT/models/summarizer models.reward_model=$ROOT/models/reward_model \
+          seed=$seed run_dir=$run "${extra[@]}" "$@" 2>$run.stderr.log | tee $run.stdout.log
+      fi
       $PY -m jobs.evaluate --run $run/evaluate 2>>$run.stderr.log
     fi
     runs+=("$run/evaluate")
   done
 done
-for base in $ROOT/rm-*-s*; do [ -f $base/eval.json ] && runs+=("$base"); done
+for base in $ROOT/rm-*-s*; do if [ -f $base/eval.json ]; then runs+=("$base"); fi; done
 list=$(printf '%s, ' "${runs[@]}")
 $PY -m jobs.compare --runs "[${list%, }]" --out $ROOT/compare-plus
