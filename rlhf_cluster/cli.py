@@ -263,17 +263,23 @@ def help_text(model: type[BaseModel], prog: str) -> str:
     return "\n".join(lines)
 
 
-def _help_fields(model: type[BaseModel], prefix: str) -> list[str]:
+def _help_fields(model: type[BaseModel], prefix: str, defaults: BaseModel | None = None) -> list[str]:
+    """One line per field. ``defaults``: the section's default instance from its parent's factory (e.g.
+    a serving rollout section that defaults to greedy), whose values win over the class defaults."""
     out = []
     for name, info in model.model_fields.items():
         sub = _unwrap_model(info.annotation)
         key = prefix + name
+        required = defaults is None and info.is_required()
+        default = getattr(defaults, name) if defaults is not None else (
+            None if required else info.get_default(call_default_factory=True)
+        )
         if isinstance(sub, type) and issubclass(sub, BaseModel):
             out.append(f"  {key}.  — {info.description or (sub.__doc__ or '').strip().splitlines()[0]}")
-            out += _help_fields(sub, key + ".")
+            out += _help_fields(sub, key + ".", default if isinstance(default, BaseModel) else None)
             continue
-        default = "REQUIRED" if info.is_required() else repr(info.get_default(call_default_factory=True))
-        out.append(f"  {key}  ({_type_name(info.annotation)}, default {default}): {info.description or ''}")
+        shown = "REQUIRED" if required else repr(default)
+        out.append(f"  {key}  ({_type_name(info.annotation)}, default {shown}): {info.description or ''}")
     return out
 
 

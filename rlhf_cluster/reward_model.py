@@ -110,24 +110,45 @@ def encode_texts(
     ]
 
 
+@dataclasses.dataclass
+class EncodedSequences:
+    """Right-padded reward inputs ids/mask [N, T]; ``truncated[i]``: sequence i was longer than max_length and cut."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    truncated: list[bool]
+
+
+def encode_sequences(
+    tokenizer,
+    conditioning: Sequence[str | None],
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_length: int,
+    truncation_side: Literal["left", "right"] = "left",
+) -> EncodedSequences:
+    """Tokenize (conditioning, prompt, response) triples into one right-padded [N, T] tensor."""
+    ids = encode_texts(tokenizer, conditioning, prompts, responses)
+    width = min(max(len(x) for x in ids), max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids, mask = pad_list_column(
+        pa.array(ids, pa.list_(pa.int32())), pad, side="right", max_len=width,
+        truncate_side=truncation_side, name="reward input_ids",
+    )
+    return EncodedSequences(input_ids, mask, [len(x) > max_length for x in ids])
+
+
 def encode_pairs(
     tokenizer, batch: pa.Table, max_length: int, truncation_side: Literal["left", "right"] = "left"
 ) -> EncodedPairs:
     """Tokenize a REWARD_PAIR_SCHEMA batch into one right-padded [2B, T] tensor (chosen, then rejected)."""
     check_batch(batch, REWARD_PAIR_SCHEMA, "encode_pairs")
     cols = batch.to_pydict()
-    ids = encode_texts(tokenizer, cols["conditioning"], cols["prompt"], cols["chosen"]) + encode_texts(
-        tokenizer, cols["conditioning"], cols["prompt"], cols["rejected"]
+    enc = encode_sequences(
+        tokenizer, cols["conditioning"] * 2, cols["prompt"] * 2, cols["chosen"] + cols["rejected"],
+        max_length, truncation_side,
     )
-    longest = max(len(x) for x in ids)
-    width = min(longest, max_length)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids, mask = pad_list_column(
-        pa.array(ids, pa.list_(pa.int32())), pad, side="right", max_len=width,
-        truncate_side=truncation_side, name="reward input_ids",
-    )
-    n_truncated = sum(len(x) > max_length for x in ids)
-    return EncodedPairs(input_ids, mask, batch.num_rows, n_truncated)
+    return EncodedPairs(enc.input_ids, enc.attention_mask, batch.num_rows, sum(enc.truncated))
 
 
 # ------------------------------------------------------------------------------------- forward

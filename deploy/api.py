@@ -1,0 +1,442 @@
+"""HTTP API of the personalized reward endpoint: routes, request bodies, auth, limits and error replies.
+
+``build_api(service, settings)`` returns the FastAPI app that the Serve ingress (``deploy/serve.py``)
+runs; ``service`` does the model work (summarize, score) and owns the summary store. No Ray here.
+
+Routes (all but /healthz need ``Authorization: Bearer <token>``):
+  POST   /v1/summaries                 context → summary; with user_id the summary is stored
+  PUT    /v1/users/{user_id}/summary   set a user-edited summary     GET: read it   DELETE: remove it
+  POST   /v1/rewards                   (user_id | summary | context) + prompt + responses → rewards
+  POST   /v1/compare                   (user_id | summary | context) + prompt + response_a/b → P(a preferred)
+  GET    /healthz                      liveness, no token
+  GET    /docs, /openapi.json          OpenAPI (token unless auth.public_docs)
+
+Client mistakes get 4xx with ``{"detail": "...", ...}`` naming the field: 400 malformed JSON or
+UTF-8, 401 missing/wrong token, 404 unknown user, 413 body over limits.max_body_bytes, 415 not
+JSON, 422 a field that is missing, mistyped, empty or over its limit.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route annotations, and the request
+# bodies are classes built per config inside request_bodies() (their limits come from config).
+
+import asyncio
+import dataclasses
+import hmac
+import logging
+import math
+from typing import Annotated, Any, Literal, Optional, Protocol
+
+from fastapi import APIRouter, FastAPI, Path, Response, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from rlhf_cluster.config import ServeLimits
+from rlhf_cluster.summary_store import StoredSummary, SummaryStore
+
+logger = logging.getLogger("ray.serve")
+
+USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+PUBLIC_PATHS = ("/healthz",)
+DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
+BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+class ApiError(Exception):
+    """A request the API refuses: becomes ``{"detail": message, "field": field}`` with ``status``."""
+
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiSettings:
+    token: str
+    limits: ServeLimits
+    public_docs: bool = False
+
+
+class Service(Protocol):
+    """What the routes need from the Serve ingress."""
+
+    store: SummaryStore
+
+    async def summarize(self, context: list[dict], context_messages: list[dict], max_context_pairs: int | None) -> str: ...
+
+    async def context_conditioning(self, body: Any) -> tuple[str, str]: ...  # (text, "summarized" | "context")
+
+    async def score(self, conditioning: str, prompt: str, responses: list[str]) -> tuple[list[float], list[bool]]: ...
+
+
+# ---------------------------------------------------------------------------------- request bodies
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class Bodies:
+    Summarize: type[BaseModel]
+    SetSummary: type[BaseModel]
+    Rewards: type[BaseModel]
+    Compare: type[BaseModel]
+    UserIdPath: Any  # the annotated path parameter
+
+
+def request_bodies(limits: ServeLimits) -> Bodies:
+    """Request body classes whose limits (text length, list sizes) come from ``limits``."""
+    Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_text_chars), AfterValidator(_not_blank)]
+    UserId = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_user_id_chars, pattern=USER_ID_PATTERN)]
+
+    class Pair(Body):
+        prompt: Text
+        chosen: Text = Field(description="The response this user preferred.")
+        rejected: Text = Field(description="The response this user did not prefer.")
+
+    class Message(Body):
+        role: Literal["system", "user", "assistant"]
+        content: Text
+
+    class WithContext(Body):
+        context: list[Pair] = Field(
+            default_factory=list, max_length=limits.max_context_pairs, description="The user's labelled pairs."
+        )
+        context_messages: list[Message] = Field(
+            default_factory=list, max_length=limits.max_context_messages, description="The user's past conversation."
+        )
+        max_context_pairs: Optional[int] = Field(
+            None, ge=0, description="Show the model at most this many of the latest context pairs."
+        )
+
+        @property
+        def has_context(self) -> bool:
+            return bool(self.context or self.context_messages)
+
+    class SummarizeRequest(WithContext):
+        user_id: Optional[UserId] = Field(None, description="Store the summary for this user.")
+
+        @model_validator(mode="after")
+        def _needs_context(self):
+            if not self.has_context:
+                raise ValueError("context or context_messages must hold at least one item")
+            return self
+
+    class SetSummaryRequest(Body):
+        summary: Text
+
+    class Conditioned(WithContext):
+        """Exactly one of user_id (its stored summary), summary, or context (summarized now)."""
+
+        user_id: Optional[UserId] = Field(None, description="Use this user's stored summary.")
+        summary: Optional[Text] = Field(None, description="Use this summary text.")
+        prompt: Text
+
+        @model_validator(mode="after")
+        def _exactly_one_conditioning(self):
+            given = [n for n, v in (("user_id", self.user_id), ("summary", self.summary), ("context", self.has_context)) if v]
+            if len(given) != 1:
+                got = ", ".join(given) if given else "none"
+                raise ValueError(f"give exactly one of user_id, summary or context (context_messages); got {got}")
+            return self
+
+    class RewardsRequest(Conditioned):
+        responses: list[Text] = Field(min_length=1, max_length=limits.max_responses)
+
+    class CompareRequest(Conditioned):
+        response_a: Text
+        response_b: Text
+
+    user_id_path = Annotated[
+        str, Path(min_length=1, max_length=limits.max_user_id_chars, pattern=USER_ID_PATTERN, description="User id.")
+    ]
+    return Bodies(SummarizeRequest, SetSummaryRequest, RewardsRequest, CompareRequest, user_id_path)
+
+
+# --------------------------------------------------------------------------------- response bodies
+
+
+class SummaryOut(BaseModel):
+    user_id: str
+    summary: str
+    source: Literal["summarizer", "user"] = Field(description="Written by the summarizer, or set by the user.")
+    updated_at: float = Field(description="Unix time of the last write.")
+
+
+class SummarizeOut(BaseModel):
+    summary: str
+    user_id: Optional[str] = None
+    stored: bool = Field(description="True when the summary was stored for user_id.")
+
+
+class RewardsOut(BaseModel):
+    rewards: list[float] = Field(description="One reward per response, in order.")
+    truncated: list[bool] = Field(description="Per response: the reward input was cut to the model's max length.")
+    conditioning: Literal["stored", "given", "summarized", "context"] = Field(
+        description="Where the conditioning text came from."
+    )
+    summary: str = Field(description="The text the reward model was conditioned on (for context: the summary written).")
+
+
+class CompareOut(BaseModel):
+    p_a: float = Field(description="P(the user prefers response_a) = σ(r_a − r_b).")
+    rewards: list[float] = Field(description="[r_a, r_b].")
+    conditioning: Literal["stored", "given", "summarized", "context"]
+    summary: str
+
+
+def _summary_out(s: StoredSummary) -> SummaryOut:
+    return SummaryOut(**dataclasses.asdict(s))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+# ------------------------------------------------------------------------------------------- app
+
+
+def build_api(service: Service, settings: ApiSettings) -> FastAPI:
+    """The FastAPI app: routes calling ``service``, guarded by auth and body checks."""
+    bodies = request_bodies(settings.limits)
+    app = FastAPI(
+        title="rlhf_cluster personalized reward endpoint",
+        description="PLUS: a summarizer writes a text summary of a user; a reward model conditioned on it scores responses.",
+        version="1",
+    )
+    # Outermost first on the way in: auth (header only), then the body checks, then the routes.
+    app.add_middleware(BodyGuard, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(BearerAuth, token=settings.token, public_docs=settings.public_docs)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    # HTTPBearer(auto_error=False) checks nothing (BearerAuth did); it puts the scheme in the OpenAPI.
+    v1 = APIRouter(prefix="/v1", dependencies=[Security(HTTPBearer(auto_error=False))])
+    _summary_routes(v1, service, bodies)
+    _reward_routes(v1, service, bodies)
+    app.include_router(v1)
+    return app
+
+
+def _summary_routes(router: APIRouter, service: Service, bodies: Bodies) -> None:
+    store = service.store
+    UserIdPath = bodies.UserIdPath
+
+    @router.post("/summaries", response_model=SummarizeOut)
+    async def summarize(body: bodies.Summarize):
+        text = await service.summarize(
+            [p.model_dump() for p in body.context], [m.model_dump() for m in body.context_messages], body.max_context_pairs
+        )
+        if body.user_id is not None:
+            await asyncio.to_thread(store.put, body.user_id, text, "summarizer")
+        return SummarizeOut(summary=text, user_id=body.user_id, stored=body.user_id is not None)
+
+    @router.put("/users/{user_id}/summary", response_model=SummaryOut)
+    async def set_summary(user_id: UserIdPath, body: bodies.SetSummary):
+        return _summary_out(await asyncio.to_thread(store.put, user_id, body.summary, "user"))
+
+    @router.get("/users/{user_id}/summary", response_model=SummaryOut)
+    async def get_summary(user_id: UserIdPath):
+        return _summary_out(await _stored(store, user_id))
+
+    @router.delete("/users/{user_id}/summary", status_code=204)
+    async def delete_summary(user_id: UserIdPath):
+        if not await asyncio.to_thread(store.delete, user_id):
+            raise _unknown_user(user_id)
+        return Response(status_code=204)
+
+
+def _reward_routes(router: APIRouter, service: Service, bodies: Bodies) -> None:
+    @router.post("/rewards", response_model=RewardsOut)
+    async def rewards(body: bodies.Rewards):
+        text, source = await _conditioning(service, body)
+        rewards, truncated = await service.score(text, body.prompt, list(body.responses))
+        return RewardsOut(rewards=rewards, truncated=truncated, conditioning=source, summary=text)
+
+    @router.post("/compare", response_model=CompareOut)
+    async def compare(body: bodies.Compare):
+        text, source = await _conditioning(service, body)
+        (r_a, r_b), _ = await service.score(text, body.prompt, [body.response_a, body.response_b])
+        return CompareOut(p_a=_sigmoid(r_a - r_b), rewards=[r_a, r_b], conditioning=source, summary=text)
+
+
+async def _conditioning(service: Service, body) -> tuple[str, str]:
+    """(conditioning text, where it came from) for a body with exactly one of user_id, summary, context."""
+    if body.user_id is not None:
+        return (await _stored(service.store, body.user_id)).summary, "stored"
+    if body.summary is not None:
+        return body.summary, "given"
+    return await service.context_conditioning(body)
+
+
+async def _stored(store: SummaryStore, user_id: str) -> StoredSummary:
+    stored = await asyncio.to_thread(store.get, user_id)
+    if stored is None:
+        raise _unknown_user(user_id)
+    return stored
+
+
+def _unknown_user(user_id: str) -> ApiError:
+    return ApiError(
+        404, f"no stored summary for user_id {user_id!r}; store one with PUT /v1/users/{user_id}/summary or "
+        "POST /v1/summaries with a user_id", field="user_id",
+    )
+
+
+# ---------------------------------------------------------------------------------- error replies
+
+
+def _error(status: int, detail: str, **extra) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": detail, **extra})
+
+
+async def _api_error(_request, exc: ApiError) -> JSONResponse:
+    return _error(exc.status, exc.message, **({"field": exc.field} if exc.field else {}))
+
+
+def _field_name(loc: tuple) -> str:
+    """("body", "context", 0, "prompt") → "context[0].prompt"; ("path", "user_id") → "user_id"."""
+    parts = [p for p in loc if p not in ("body", "path", "query")]
+    name = ""
+    for p in parts:
+        name += f"[{p}]" if isinstance(p, int) else (f".{p}" if name else str(p))
+    return name or "body"
+
+
+async def _validation_error(_request, exc: RequestValidationError) -> JSONResponse:
+    """422 naming each bad field (never echoing its value back); malformed JSON is a 400."""
+    errors = exc.errors()
+    bad_json = next((e for e in errors if e["type"] == "json_invalid"), None)
+    if bad_json is not None:
+        why = (bad_json.get("ctx") or {}).get("error", "malformed")
+        return _error(400, f"request body is not valid JSON: {why} (at character {bad_json['loc'][-1]})")
+    fields = []
+    for e in errors:
+        field = _field_name(tuple(e["loc"]))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "missing" and field == "body":
+            msg = "a JSON object body is required"
+        elif e["type"] == "model_attributes_type":
+            msg = "expected a JSON object"
+        fields.append({"field": field, "message": msg})
+    detail = "invalid request: " + "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+    return _error(422, detail, errors=fields)
+
+
+async def _unexpected_error(_request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error while serving a request", exc_info=exc)
+    return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+# -------------------------------------------------------------------------------------- middleware
+
+
+def _route_path(scope) -> str:
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+async def _reply(scope, receive, send, status: int, detail: str, headers: dict | None = None) -> None:
+    await JSONResponse(status_code=status, content={"detail": detail}, headers=headers)(scope, receive, send)
+
+
+class BearerAuth:
+    """ASGI middleware: ``Authorization: Bearer <token>`` on every route but /healthz (and docs if public).
+
+    Checked before the body is read, so a client without the token learns nothing about the API. The
+    comparison is constant-time (hmac.compare_digest) so response timing does not leak the token.
+    """
+
+    def __init__(self, app, token: str, public_docs: bool = False):
+        if not token:
+            raise ValueError("BearerAuth needs a non-empty token")
+        self.app, self.token = app, token.encode()
+        self.public = PUBLIC_PATHS + (DOC_PATHS if public_docs else ())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or _route_path(scope) in self.public:
+            return await self.app(scope, receive, send)
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if scheme.lower() != b"bearer" or not given.strip():
+            return await _reply(scope, receive, send, 401, "missing bearer token: send 'Authorization: Bearer <token>'", challenge)
+        if not hmac.compare_digest(given.strip(), self.token):
+            return await _reply(scope, receive, send, 401, "invalid bearer token", challenge)
+        await self.app(scope, receive, send)
+
+
+class BodyGuard:
+    """ASGI middleware for request bodies: JSON media type (415), at most ``max_bytes`` (413, checked on
+    Content-Length and on the bytes actually received, so chunked uploads are bounded too) and UTF-8
+    (400). The checked body is replayed to the app."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if media != b"application/json":
+            shown = media.decode("latin-1") or "none"
+            return await _reply(scope, receive, send, 415, f"Content-Type must be application/json, got {shown}")
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await _reply(scope, receive, send, 413, self._too_large(int(declared)))
+        body = await self._read(receive)
+        if body is None:
+            return await _reply(scope, receive, send, 413, self._too_large(None))
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return await _reply(scope, receive, send, 400, f"request body is not valid UTF-8: byte {body[err.start]:#04x} at position {err.start}")
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive) -> bytes | None:
+        """The whole body, or None as soon as it passes max_bytes."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks)
+
+    def _too_large(self, size: int | None) -> str:
+        got = f"{size} bytes" if size is not None else "more than that"
+        return f"request body too large: {got}; the limit is {self.max_bytes} bytes (limits.max_body_bytes)"
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: the real stream (http.disconnect)
+
+    return replay
+

@@ -1,0 +1,404 @@
+"""Ray Serve app: the personalized reward endpoint (PLUS summarizer + summary-conditioned reward model).
+
+    export RLHF_SERVE_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(16))')
+    serve run deploy.serve:build_app run_dir=runs/demo/plus      # http://127.0.0.1:8000/docs
+    serve run deploy/serve.yaml                                   # the same from the YAML next to this file
+
+Three deployments, composed through deployment handles:
+
+  Ingress       FastAPI (deploy/api.py): bearer auth, limits, the SQLite summary store, conditioning
+   ├─ Summarizer   context → summary on rollout.backend (hf or vllm); serve.batch over contexts
+   └─ RewardModel  (conditioning, prompt, responses) → rewards; serve.batch over responses
+
+The reward model scores exactly as the offline path does (``rlhf_cluster.reward_model``:
+``encode_sequences`` → ``sequence_rewards``), so an endpoint reward equals ``jobs.evaluate``'s for
+the same checkpoint, conditioning text, prompt and response. Builder arguments are ServeConfig keys
+(``rlhf_cluster/config.py``; dotted keys or nested mappings; ``config=FILE.yaml`` reads a file first).
+This module imports no torch: the ingress replica stays light; model deployments import in __init__.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from pydantic import SecretStr, ValidationError
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from deploy.api import ApiError, ApiSettings, build_api
+from rlhf_cluster.cli import ConfigError, load_config
+from rlhf_cluster.config import (
+    BatchedServeDeployment,
+    PlusConfig,
+    RolloutConfig,
+    ServeAuth,
+    ServeConfig,
+    ServeDeployment,
+    ServeLimits,
+    TrainRMConfig,
+)
+from rlhf_cluster.summary_store import SummaryStore
+
+DEFAULT_RUN_DIR = "runs/demo/plus"  # what `serve run deploy.serve:app` serves without $RLHF_SERVE_CONFIG
+
+
+# ----------------------------------------------------------------------------------- models to serve
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedModels:
+    """Resolved checkpoint paths (absolute) and how the reward model reads its conditioning."""
+
+    reward_model: str
+    reward_tokenizer: str  # the reward checkpoint's own tokenizer, else the run's backbone's
+    summarizer: str | None
+    conditioning: str  # bt | oracle | context | summary
+    max_length: int
+    truncation_side: str
+    max_context_pairs: int | None  # the run's: context conditioning shows at most this many pairs
+    source: str  # for the start-up message
+
+
+def resolve_models(cfg: ServeConfig) -> ServedModels:
+    """Checkpoints and reward settings from ``cfg.run_dir`` (if any) with ``cfg``'s explicit values on top."""
+    run = _read_run(Path(cfg.run_dir), cfg.checkpoint) if cfg.run_dir else {}
+    reward_model = cfg.models.reward_model or run.get("reward_model")
+    summarizer = cfg.models.summarizer or run.get("summarizer")
+    rm_path = _checkpoint(reward_model, "reward model")
+    summ_path = _checkpoint(summarizer, "summarizer", tokenizer=True) if summarizer else None
+    return ServedModels(
+        reward_model=rm_path,
+        reward_tokenizer=_tokenizer_dir(rm_path, run.get("backbone")),
+        summarizer=summ_path,
+        conditioning=cfg.conditioning or run.get("conditioning", "summary"),
+        max_length=cfg.max_length or run.get("max_length", 512),
+        truncation_side=cfg.truncation_side or run.get("truncation_side", "left"),
+        max_context_pairs=run.get("max_context_pairs"),
+        source=run.get("source", "explicit checkpoint paths"),
+    )
+
+
+def _read_run(run_dir: Path, which: str) -> dict:
+    """What a jobs.plus or jobs.train_rm run directory holds, from its config.yaml and checkpoints."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise ConfigError(f"  run_dir {run_dir}: no config.yaml; expected a jobs.plus or jobs.train_rm run directory")
+    data = yaml.safe_load(cfg_path.read_text()) or {}
+    is_plus = isinstance(data, dict) and "policy" in data
+    model = PlusConfig if is_plus else TrainRMConfig
+    try:
+        run = model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"  {cfg_path}: not a valid {model.__name__}:\n{err}") from None
+    # jobs.plus: <ck>/reward_model + <ck>/summarizer; jobs.train_rm: <ck> is the reward model.
+    ck = _pick_checkpoint(run_dir, which, "reward_model" if is_plus else "")
+    summarizer = str(ck / "summarizer") if is_plus else run.models.summarizer
+    return {
+        "reward_model": str(ck / "reward_model") if is_plus else str(ck),
+        "summarizer": summarizer,
+        "backbone": run.models.reward_model,
+        "conditioning": run.rm.conditioning,
+        "max_length": run.rm.max_length,
+        "truncation_side": run.rm.truncation_side,
+        "max_context_pairs": run.rm.max_context_pairs,
+        "source": f"{'jobs.plus' if is_plus else 'jobs.train_rm'} run {run_dir} ({ck.name})",
+    }
+
+
+def _pick_checkpoint(run_dir: Path, which: str, inner: str) -> Path:
+    order = ["best", "last"] if which == "best" else ["last"]
+    for name in order:
+        if (run_dir / name / inner / "config.json").is_file():
+            if name != which:
+                print(f"notice: {run_dir / which} has no checkpoint; serving {run_dir / name}", file=sys.stderr)
+            return run_dir / name
+    tried = ", ".join(str(run_dir / n / inner) for n in order)
+    raise ConfigError(f"  run_dir {run_dir}: no checkpoint (tried {tried})")
+
+
+def _checkpoint(path: str | None, what: str, tokenizer: bool = False) -> str:
+    from rlhf_cluster.models import CheckpointError, check_checkpoint_dir
+
+    if not path:
+        raise ConfigError(f"  no {what} checkpoint: give run_dir or models.{what.replace(' ', '_')}")
+    try:
+        return str(check_checkpoint_dir(path, need_tokenizer=tokenizer).resolve())
+    except CheckpointError as err:
+        raise ConfigError(f"  {what} checkpoint: {err}") from None
+
+
+def _tokenizer_dir(checkpoint: str, backbone: str | None) -> str:
+    from rlhf_cluster.models import CheckpointError, check_checkpoint_dir
+
+    for path in [p for p in (checkpoint, backbone) if p]:
+        try:
+            return str(check_checkpoint_dir(path, need_weights=False, need_tokenizer=True).resolve())
+        except CheckpointError:
+            continue
+    raise ConfigError(f"  reward model {checkpoint}: no tokenizer files in it or in the run's backbone ({backbone})")
+
+
+def has_reward_head(checkpoint: str) -> bool:
+    """Whether the checkpoint was saved as a sequence classifier (a trained head), not a bare backbone."""
+    architectures = json.loads((Path(checkpoint) / "config.json").read_text()).get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in architectures)
+
+
+def resolve_token(auth: ServeAuth) -> SecretStr:
+    """The API token: auth.token, else $auth.token_env; refuses to start without one."""
+    if auth.token is not None and auth.token.get_secret_value().strip():
+        return auth.token
+    value = os.environ.get(auth.token_env, "").strip()
+    if not value:
+        raise ConfigError(
+            f"  no API token: set ${auth.token_env} (auth.token_env) or auth.token; every route but /healthz needs it"
+        )
+    if len(value) < 16:
+        print(f"notice: ${auth.token_env} is {len(value)} characters; use at least 16 random ones", file=sys.stderr)
+    return SecretStr(value)
+
+
+# -------------------------------------------------------------------------------------- deployments
+
+
+def _limit_threads(num_cpus: float) -> None:
+    """Torch threads = the replica's whole reserved CPUs (at least 1), so replicas don't oversubscribe."""
+    import torch
+
+    torch.set_num_threads(max(1, int(num_cpus)))
+
+
+@dataclasses.dataclass
+class SummaryJob:
+    context: list[dict]
+    context_messages: list[dict]
+    max_context_pairs: int | None
+
+
+@dataclasses.dataclass
+class SummaryResult:
+    text: str | None = None
+    error: str | None = None  # the request's fault (its prompt does not fit): the ingress answers 422
+
+
+@serve.deployment
+class Summarizer:
+    """The summarizer LLM: one greedy (by default) summary per context, batched over concurrent requests."""
+
+    def __init__(self, checkpoint: str, rollout: RolloutConfig, dtype: str, seed: int, opts: BatchedServeDeployment):
+        _limit_threads(opts.resources.num_cpus)
+        from rlhf_cluster.generation import make_engine
+        from rlhf_cluster.models import load_tokenizer
+
+        self.tokenizer = load_tokenizer(checkpoint)
+        self.engine = make_engine(checkpoint, rollout, dtype, seed)
+        self.seed, self.max_context_pairs = seed, rollout.max_context_pairs
+        self.budget = rollout.max_model_len - rollout.max_new_tokens
+        self.generate.set_max_batch_size(opts.max_batch_size)
+        self.generate.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+
+    async def summarize(self, job: SummaryJob) -> SummaryResult:
+        from rlhf_cluster.prompts import chat_token_ids, summarizer_messages
+
+        pairs = job.max_context_pairs if job.max_context_pairs is not None else self.max_context_pairs
+        messages = summarizer_messages({"context": job.context, "context_messages": job.context_messages}, pairs)
+        ids = await asyncio.to_thread(chat_token_ids, self.tokenizer, messages)  # long contexts: off the loop
+        if len(ids) > self.budget:
+            return SummaryResult(error=(
+                f"the summarizer prompt for this context is {len(ids)} tokens; at most {self.budget} fit "
+                "(rollout.max_model_len − rollout.max_new_tokens): send fewer or shorter items, or set max_context_pairs"
+            ))
+        return SummaryResult(text=await self.generate(ids))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def generate(self, prompts: list[list[int]]) -> list[str]:
+        # Off the event loop, so requests keep arriving (and forming the next batch) while the model runs.
+        samples = await asyncio.to_thread(self.engine.generate, prompts, [self.seed] * len(prompts))
+        return [s[0].text.strip() for s in samples]
+
+
+@dataclasses.dataclass
+class ScoreJob:
+    conditioning: str | None  # None: the plain Bradley–Terry input (a bt run)
+    prompt: str
+    responses: list[str]
+
+
+@dataclasses.dataclass
+class ScoreResult:
+    rewards: list[float]
+    truncated: list[bool]
+
+
+def count_responses(jobs: list[ScoreJob]) -> int:
+    """serve.batch size of a batch of score jobs: sequences in one forward pass."""
+    return sum(len(job.responses) for job in jobs)
+
+
+@serve.deployment
+class RewardModel:
+    """r(prompt, response | conditioning) at the last real token, batched over concurrent requests' responses."""
+
+    def __init__(self, models: ServedModels, dtype: str, seed: int, opts: BatchedServeDeployment):
+        _limit_threads(opts.resources.num_cpus)
+        import torch
+
+        from rlhf_cluster.models import load_reward_model, load_tokenizer
+
+        self.tokenizer = load_tokenizer(models.reward_tokenizer, padding_side="right")
+        torch.manual_seed(seed)  # a bare backbone's fresh head: the same in every replica (smoke tests only)
+        model = load_reward_model(models.reward_model, dtype, pad_token_id=self.tokenizer.pad_token_id)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = model.to(self.device)
+        self.max_length, self.truncation_side = models.max_length, models.truncation_side
+        self.score.set_max_batch_size(opts.max_batch_size)
+        self.score.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=count_responses)
+    async def score(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
+        return await asyncio.to_thread(self._score, jobs)
+
+    def _score(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
+        import torch
+
+        from rlhf_cluster.reward_model import encode_sequences, sequence_rewards
+
+        flat = [(job.conditioning, job.prompt, r) for job in jobs for r in job.responses]
+        cond, prompts, responses = (list(col) for col in zip(*flat))
+        enc = encode_sequences(self.tokenizer, cond, prompts, responses, self.max_length, self.truncation_side)
+        with torch.inference_mode():
+            rewards = sequence_rewards(
+                self.model, enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
+            ).cpu().tolist()
+        results, start = [], 0
+        for job in jobs:
+            end = start + len(job.responses)
+            results.append(ScoreResult(rewards[start:end], enc.truncated[start:end]))
+            start = end
+        return results
+
+
+@dataclasses.dataclass(frozen=True)
+class IngressSettings:
+    token: SecretStr
+    limits: ServeLimits
+    public_docs: bool
+    store_path: str
+    conditioning: str
+    max_context_pairs: int | None
+
+
+@serve.deployment
+@serve.ingress()
+class Ingress:
+    """HTTP front (deploy/api.py routes) over the summarizer and reward-model handles and the summary store."""
+
+    def __init__(self, reward_model: DeploymentHandle, summarizer: DeploymentHandle | None, settings: IngressSettings):
+        self.reward_model, self.summarizer, self.settings = reward_model, summarizer, settings
+        self.store = SummaryStore(settings.store_path)
+
+    def __serve_build_asgi_app__(self):
+        s = self.settings
+        return build_api(self, ApiSettings(s.token.get_secret_value(), s.limits, s.public_docs))
+
+    async def summarize(self, context: list[dict], context_messages: list[dict], max_context_pairs: int | None) -> str:
+        if self.summarizer is None:
+            raise ApiError(422, "this endpoint has no summarizer (start it with models.summarizer): "
+                           "send user_id or summary instead of a context", field="context")
+        result = await self.summarizer.summarize.remote(SummaryJob(context, context_messages, max_context_pairs))
+        if result.error:
+            raise ApiError(422, result.error, field="context")
+        return result.text
+
+    async def context_conditioning(self, body) -> tuple[str, str]:
+        pairs = [p.model_dump() for p in body.context]
+        messages = [m.model_dump() for m in body.context_messages]
+        if self.settings.conditioning == "context":  # an in-context reward model reads the history itself
+            from rlhf_cluster.prompts import render_context
+
+            limit = body.max_context_pairs if body.max_context_pairs is not None else self.settings.max_context_pairs
+            return render_context(pairs, messages, limit), "context"
+        return await self.summarize(pairs, messages, body.max_context_pairs), "summarized"
+
+    async def score(self, conditioning: str, prompt: str, responses: list[str]) -> tuple[list[float], list[bool]]:
+        text = None if self.settings.conditioning == "bt" else conditioning
+        result = await self.reward_model.score.remote(ScoreJob(text, prompt, responses))
+        return result.rewards, result.truncated
+
+
+# ------------------------------------------------------------------------------------------- builder
+
+
+def config_from_args(args: Mapping[str, Any]) -> ServeConfig:
+    """ServeConfig from builder args: ``config`` (a YAML file) first, then the other keys as overrides.
+
+    Keys may be dotted (``limits.max_responses=4`` from ``serve run``) or nested (``args:`` in
+    serve.yaml); errors are ConfigErrors naming the key, as every job's command line reports them.
+    """
+    args = dict(args)
+    argv = ["--config", str(args.pop("config"))] if args.get("config") else []
+    for key, value in _flatten(args):
+        argv.append(f"{key}={value if isinstance(value, str) else json.dumps(value)}")
+    return load_config(ServeConfig, argv)
+
+
+def _flatten(args: Mapping[str, Any], prefix: str = ""):
+    for key, value in args.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _options(d: ServeDeployment) -> dict:
+    return {
+        "num_replicas": d.num_replicas,
+        "max_ongoing_requests": d.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": d.resources.num_cpus, "num_gpus": d.resources.num_gpus},
+    }
+
+
+def build_app(args: Mapping[str, Any] | ServeConfig | None = None) -> Application:
+    """The bound Serve application for ``args`` (ServeConfig keys, or a ServeConfig)."""
+    cfg = args if isinstance(args, ServeConfig) else config_from_args(args or {})
+    models = resolve_models(cfg)
+    token = resolve_token(cfg.auth)
+    if not has_reward_head(models.reward_model):
+        print(f"notice: {models.reward_model} is a bare backbone: its reward head is untrained (seed {cfg.seed})",
+              file=sys.stderr)
+    store_path = str(Path(cfg.store_path).expanduser().resolve())
+    try:  # fail here, with the path, rather than in the ingress replica's constructor
+        SummaryStore(store_path)
+    except (OSError, sqlite3.Error) as err:
+        raise ConfigError(f"  store_path {store_path}: cannot open the summary store: {err}") from None
+    print(f"serve: {models.source}; conditioning={models.conditioning}; summarizer="
+          f"{models.summarizer or 'none'} ({cfg.rollout.backend}); store {store_path}", flush=True)
+    deps = cfg.deployments
+    reward_model = RewardModel.options(**_options(deps.reward_model)).bind(models, cfg.models.dtype, cfg.seed, deps.reward_model)
+    summarizer = None
+    if models.summarizer:
+        summarizer = Summarizer.options(**_options(deps.summarizer)).bind(
+            models.summarizer, cfg.rollout, cfg.models.dtype, cfg.seed, deps.summarizer
+        )
+    settings = IngressSettings(
+        token, cfg.limits, cfg.auth.public_docs, store_path, models.conditioning, models.max_context_pairs
+    )
+    return Ingress.options(**_options(deps.ingress)).bind(reward_model, summarizer, settings)
+
+
+def __getattr__(name: str):
+    """``deploy.serve:app``, built on first access (so importing this module needs no run directory):
+    from the ServeConfig YAML in $RLHF_SERVE_CONFIG, else the demo's PLUS run."""
+    if name == "app":
+        path = os.environ.get("RLHF_SERVE_CONFIG")
+        return build_app({"config": path} if path else {"run_dir": DEFAULT_RUN_DIR})
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
