@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from safetensors.torch import load_file
 
 from conftest import ROOT, run_job
 
@@ -44,6 +45,14 @@ def test_plus_runs_and_logs_each_iteration(tiny_data, tiny_models, tmp_path):
     for ckpt in ("best", "last"):
         for role in ("reward_model", "summarizer"):
             assert (run / ckpt / role / "config.json").is_file(), f"{ckpt}/{role}"
+    # Both sides moved: the RM's margins leave the fresh head's near-zero scale, the policy leaves the
+    # reference (KL), and the saved summarizer differs from the initial checkpoint.
+    margins = [abs(e["margin"]) for e in train]
+    assert max(margins[1:]) > 3 * margins[0], margins
+    assert abs(train[0]["kl"]) < 1e-4 and max(abs(e["kl"]) for e in train[1:]) > abs(train[0]["kl"])
+    before = load_file(str(tiny_models / "summarizer" / "model.safetensors"))
+    after = load_file(str(run / "last" / "summarizer" / "model.safetensors"))
+    assert max((after[k] - before[k]).abs().max().item() for k in before) > 0
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["weight_version"] == 3 and set(PHASES) <= {k.replace(" ", "_") for k in summary["timings_s"]}
     assert (run / "evaluate" / "config.yaml").is_file() and (run / "evaluate" / "best").is_dir()
