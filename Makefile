@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 DEMO_DATA   := runs/demo/data
 DEMO_MODELS := runs/demo/models
 
-.PHONY: setup demo test test-fast lint clean help
+.PHONY: setup demo test test-fast lint clean help bench
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
@@ -54,6 +54,9 @@ test: setup  ## the whole suite (what CI runs)
 
 test-fast: setup  ## quick edit loop: everything not marked slow
 	$(BIN)/python -m pytest -q -ra -m "not slow" tests
+
+bench: $(STAMP) $(DEMO_MODELS)/models.json  ## benchmark suite (≤ 20 min; BENCH_ARGS="--quick" / "--only grpo,serve") → bench/results/
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:  ## remove generated runs (keeps .venv)
 	rm -rf runs/demo
