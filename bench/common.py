@@ -155,21 +155,19 @@ def role_of(cmdline: list[str], name: str) -> str:
 class TreeSampler:
     """Samples a process tree (root + descendants) every ``interval`` s in a thread: the peak of the summed
     RSS and PSS, each role's peak (a process counts under its nearest ancestor that is a Ray actor, so a
-    vLLM engine core counts under its RolloutActor), and CPU seconds per role.
+    vLLM engine process counts under its RolloutActor), and CPU seconds per role.
 
+    Roles are assigned after sampling, from each process's last known title: a Ray worker is "IDLE" until
+    its actor starts, and children it spawns meanwhile must still count under the actor.
     RSS sums count shared pages (libraries, the object store) once per process; PSS splits them between
     the processes that map them, so the PSS sum is what the tree takes from the machine.
     """
 
     def __init__(self, root_pid: int, interval: float = 2.0):
         self.root_pid, self.interval = root_pid, interval
-        self.peak_rss = self.peak_pss = 0
-        self.role_peak_rss: dict[str, int] = {}
-        self.role_peak_pss: dict[str, int] = {}
-        self.cpu_s: dict[int, float] = {}
-        self.role_by_pid: dict[int, str] = {}
-        self.series: list[tuple[float, dict[str, float]]] = []  # (unix time, CPU seconds so far per role)
-        self.samples = 0
+        self.own: dict[int, str] = {}  # pid → its own latest role
+        self.ppid: dict[int, int] = {}
+        self.samples: list[tuple[float, dict[int, tuple[int, int, float]]]] = []  # (time, pid → (rss, pss, cpu s))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -199,73 +197,69 @@ class TreeSampler:
             procs = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return
-        per_role_rss: dict[str, int] = {}
-        per_role_pss: dict[str, int] = {}
-        tot_rss = tot_pss = 0
-        own = {}
+        now: dict[int, tuple[int, int, float]] = {}
         for p in procs:
             try:
-                own[p.pid] = ("driver" if p.pid == self.root_pid else role_of(p.cmdline(), p.name()), p.ppid())
+                role = "driver" if p.pid == self.root_pid else role_of(p.cmdline(), p.name())
+                mem, cpu, ppid = p.memory_full_info(), p.cpu_times(), p.ppid()
             except psutil.Error:
                 continue
-        for p in procs:
-            if p.pid not in own:
-                continue
-            try:
-                mem = p.memory_full_info()
-                cpu = p.cpu_times()
-            except psutil.Error:
-                continue
-            role = self._actor_role(p.pid, own)
-            self.role_by_pid[p.pid] = role
-            self.cpu_s[p.pid] = cpu.user + cpu.system
-            pss = getattr(mem, "pss", mem.rss)
-            tot_rss += mem.rss
-            tot_pss += pss
-            per_role_rss[role] = per_role_rss.get(role, 0) + mem.rss
-            per_role_pss[role] = per_role_pss.get(role, 0) + pss
-        self.samples += 1
-        cpu_now: dict[str, float] = {}
-        for pid, sec in self.cpu_s.items():
-            role = self.role_by_pid.get(pid, "?")
-            cpu_now[role] = cpu_now.get(role, 0.0) + sec
-        self.series.append((time.time(), cpu_now))
-        self.peak_rss, self.peak_pss = max(self.peak_rss, tot_rss), max(self.peak_pss, tot_pss)
-        for role, v in per_role_rss.items():
-            self.role_peak_rss[role] = max(self.role_peak_rss.get(role, 0), v)
-        for role, v in per_role_pss.items():
-            self.role_peak_pss[role] = max(self.role_peak_pss.get(role, 0), v)
+            if role != "Ray idle worker" or p.pid not in self.own:  # keep an actor's name once it has one
+                self.own[p.pid] = role
+            self.ppid[p.pid] = ppid
+            now[p.pid] = (mem.rss, getattr(mem, "pss", mem.rss), cpu.user + cpu.system)
+        self.samples.append((time.time(), now))
 
-    def _actor_role(self, pid: int, own: dict) -> str:
+    def group(self, pid: int) -> str:
         """The role of the nearest ancestor (self included) that is a Ray actor, else the process's own."""
-        role, cur = own[pid][0], pid
-        while cur in own:
-            r = own[cur][0]
-            if r not in _NON_ACTOR_ROLES:
-                return r  # an actor's children (its vLLM engine core) count under the actor
-            cur = own[cur][1]
-        return role
+        cur, seen = pid, set()
+        while cur in self.own and cur not in seen:
+            seen.add(cur)
+            if self.own[cur] not in _NON_ACTOR_ROLES:
+                return self.own[cur]  # an actor's children (its vLLM engine processes) count under the actor
+            cur = self.ppid.get(cur, -1)
+        return self.own.get(pid, "?")
 
     def cpu_between(self, t0: float, t1: float) -> dict[str, float]:
         """CPU seconds per role between unix times t0 and t1 (the samples nearest inside the window)."""
-        inside = [(t, c) for t, c in self.series if t0 <= t <= t1]
+        inside = [(t, m) for t, m in self.samples if t0 <= t <= t1]
         if len(inside) < 2:
             return {}
         (ta, a), (tb, b) = inside[0], inside[-1]
-        return {"window_s": tb - ta, **{r: b.get(r, 0.0) - a.get(r, 0.0) for r in b}}
+        out: dict[str, float] = {"window_s": tb - ta}
+        for pid, (_, _, cpu) in b.items():
+            role = self.group(pid)
+            out[role] = out.get(role, 0.0) + cpu - (a[pid][2] if pid in a else 0.0)
+        return out
 
     def report(self) -> dict:
         gib = 2**30
-        cpu_by_role: dict[str, float] = {}
-        for pid, s in self.cpu_s.items():
-            role = self.role_by_pid.get(pid, "?")
-            cpu_by_role[role] = cpu_by_role.get(role, 0.0) + s
+        peak_rss = peak_pss = 0
+        role_rss: dict[str, int] = {}
+        role_pss: dict[str, int] = {}
+        cpu_last: dict[int, float] = {}
+        for _, per_pid in self.samples:
+            rss_by: dict[str, int] = {}
+            pss_by: dict[str, int] = {}
+            for pid, (rss, pss, cpu) in per_pid.items():
+                role = self.group(pid)
+                rss_by[role] = rss_by.get(role, 0) + rss
+                pss_by[role] = pss_by.get(role, 0) + pss
+                cpu_last[pid] = cpu
+            peak_rss, peak_pss = max(peak_rss, sum(rss_by.values())), max(peak_pss, sum(pss_by.values()))
+            for role, v in rss_by.items():
+                role_rss[role] = max(role_rss.get(role, 0), v)
+            for role, v in pss_by.items():
+                role_pss[role] = max(role_pss.get(role, 0), v)
+        cpu_by: dict[str, float] = {}
+        for pid, cpu in cpu_last.items():
+            cpu_by[self.group(pid)] = cpu_by.get(self.group(pid), 0.0) + cpu
+        ordered = lambda d, scale: {k: round(v / scale, 3) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}  # noqa: E731
         return {
-            "samples": self.samples, "interval_s": self.interval, "wall_s": round(getattr(self, "wall_s", 0.0), 1),
-            "peak_rss_sum_gib": round(self.peak_rss / gib, 3), "peak_pss_sum_gib": round(self.peak_pss / gib, 3),
-            "role_peak_rss_gib": {k: round(v / gib, 3) for k, v in sorted(self.role_peak_rss.items(), key=lambda kv: -kv[1])},
-            "role_peak_pss_gib": {k: round(v / gib, 3) for k, v in sorted(self.role_peak_pss.items(), key=lambda kv: -kv[1])},
-            "role_cpu_s": {k: round(v, 1) for k, v in sorted(cpu_by_role.items(), key=lambda kv: -kv[1])},
+            "samples": len(self.samples), "interval_s": self.interval, "wall_s": round(getattr(self, "wall_s", 0.0), 1),
+            "peak_rss_sum_gib": round(peak_rss / gib, 3), "peak_pss_sum_gib": round(peak_pss / gib, 3),
+            "role_peak_rss_gib": ordered(role_rss, gib), "role_peak_pss_gib": ordered(role_pss, gib),
+            "role_cpu_s": ordered(cpu_by, 1.0),
         }
 
 

