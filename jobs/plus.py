@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from rlhf_cluster.cli import dump_yaml, parse_config, prepare_run_dir, resume_argv
 from rlhf_cluster.config import PlusConfig, TrainRMConfig
-from rlhf_cluster.data import read_split
+from rlhf_cluster.data import epoch_batches as user_batches, read_split
 from rlhf_cluster.losses import gae, grpo_advantages, kl_penalty, masked_sum, masked_whiten, rloo_advantages, token_rewards
 from rlhf_cluster.metrics import MetricsLogger, accuracy_by_subset
 from rlhf_cluster.reward_model import pair_table
@@ -52,17 +52,6 @@ from rlhf_cluster.timing import phase
 
 
 # ------------------------------------------------------------------------------------------ batches
-
-
-def user_batches(n_rows: int, batch_size: int, iterations: int, seed: int):
-    """Row indices of each iteration's examples: shuffled epochs, reshuffled every pass (seeded)."""
-    rng = np.random.default_rng(seed)
-    order, pos = rng.permutation(n_rows), 0
-    for _ in range(iterations):
-        if pos + batch_size > n_rows:
-            order, pos = rng.permutation(n_rows), 0
-        yield order[pos : pos + batch_size]
-        pos += batch_size
 
 
 def rollout_requests(requests: pa.Table, rows: np.ndarray, seed: int, iteration: int) -> pa.Table:

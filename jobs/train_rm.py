@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
 from rlhf_cluster.cli import parse_config, prepare_run_dir
 from rlhf_cluster.config import TrainRMConfig
-from rlhf_cluster.data import read_split
+from rlhf_cluster.data import epoch_batches, read_split
 from rlhf_cluster.metrics import MetricsLogger, accuracy_by_subset
 from rlhf_cluster.reward_model import conditioning_texts, pair_table
 from rlhf_cluster.timing import phase
@@ -40,17 +39,6 @@ def conditioning_for(examples: pa.Table, split: str, cfg: TrainRMConfig) -> list
             examples, path, cfg.models, cfg.rollout, cfg.rollout_resources, cfg.ray, cfg.seed
         )
     return conditioning_texts(examples, cfg.rm.conditioning, summaries, cfg.rm.max_context_pairs)
-
-
-def batches(n_rows: int, batch_size: int, steps: int, seed: int):
-    """Row indices of each step: shuffled epochs, reshuffled every pass (seeded)."""
-    rng = np.random.default_rng(seed)
-    order, pos = rng.permutation(n_rows), 0
-    for _ in range(steps):
-        if pos + batch_size > n_rows:
-            order, pos = rng.permutation(n_rows), 0
-        yield order[pos : pos + batch_size]
-        pos += batch_size
 
 
 def validate(group, pairs: pa.Table, contested) -> dict:
@@ -87,7 +75,7 @@ def main(argv=None) -> dict:
 
     best = {"step": 0, "validation_accuracy": -1.0}
     with MetricsLogger(run_dir) as log, phase("train", timings):
-        bar = tqdm(batches(train.num_rows, rm.batch_size, rm.steps, cfg.seed), total=rm.steps, desc="train", unit="step")
+        bar = tqdm(epoch_batches(train.num_rows, rm.batch_size, rm.steps, cfg.seed), total=rm.steps, desc="train", unit="step")
         for step, idx in enumerate(bar, 1):
             m = group.train_step(train_pairs.take(idx))
             log.log(step, m, "train")

@@ -669,3 +669,15 @@ def _short(value: Any) -> str:
 
 _LOOSE = pa.schema([pa.field(f.name, _loosen(f.type)) for f in EXAMPLE_SCHEMA])
 _ROW_CHECKS = [(f.name, _checker(f.type)) for f in EXAMPLE_SCHEMA]
+
+
+def epoch_batches(n_rows: int, batch_size: int, steps: int, seed: int):
+    """Row indices of each step's batch: shuffled epochs, reshuffled every pass (seeded), so a rerun —
+    or a resumed run replaying the first k steps — sees the same order."""
+    rng = np.random.default_rng(seed)
+    order, pos = rng.permutation(n_rows), 0
+    for _ in range(steps):
+        if pos + batch_size > n_rows:
+            order, pos = rng.permutation(n_rows), 0
+        yield order[pos : pos + batch_size]
+        pos += batch_size
