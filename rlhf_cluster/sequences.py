@@ -87,10 +87,11 @@ def summary_token_logprobs(
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(s_t | prompt, s_<t) for each summary token, [B, T] float32, 0 on padding (differentiable),
-    and, if asked, the entropy of π at each summary position [B, T] (no grad; a training metric)."""
-    T = summary_ids.shape[1]
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=T + 1)
-    logps = out.logits[:, :-1].float().log_softmax(-1)  # [B, T, V]: column P−1+t predicts s_t
+    and, if asked, the entropy of π at each summary position [B, T] (no grad; a training metric).
+
+    Rows with the same prompt (a GRPO group: n summaries of one user context) share one forward of the
+    prompt: see ``summary_logits``."""
+    logps = summary_logits(model, input_ids, attention_mask, position_ids, summary_ids.shape[1]).float().log_softmax(-1)
     token = logps.gather(-1, summary_ids.unsqueeze(-1)).squeeze(-1)
     real = summary_mask.bool()
     token = torch.where(real, token, torch.zeros_like(token))
@@ -99,6 +100,41 @@ def summary_token_logprobs(
         with torch.no_grad():
             entropy = torch.where(real, -(logps.exp() * logps).sum(-1), torch.zeros_like(token))
     return token, entropy
+
+
+def summary_logits(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    T: int,
+    share_prompts: bool = True,
+) -> torch.Tensor:
+    """The logits [B, T, V] that predict the T summary tokens (columns P−1 .. P+T−2), differentiable.
+
+    When rows repeat a prompt (``share_prompts`` and fewer distinct prompts U than rows B), the prompts
+    run once — U × P tokens instead of B × P — with the KV cache kept, the cache is indexed out to the B
+    rows, and the summaries run on it: the same function of the weights (gradients from a prompt's rows
+    add up through the index), fewer FLOPs when prompts are long and summaries short, as in PLUS. Else
+    one forward of the whole [B, P+T] batch."""
+    P = input_ids.shape[1] - T
+    prompt = input_ids[:, :P]
+    unique, inverse = (torch.unique(prompt, dim=0, return_inverse=True) if share_prompts else (prompt, None))
+    if not share_prompts or unique.shape[0] == prompt.shape[0]:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=T + 1)
+        return out.logits[:, :-1]
+    first = torch.empty(unique.shape[0], dtype=torch.long, device=prompt.device)
+    first.scatter_(0, inverse.flip(0), torch.arange(prompt.shape[0] - 1, -1, -1, device=prompt.device))  # a row per prompt
+    head = model(input_ids=prompt[first], attention_mask=attention_mask[first, :P], position_ids=position_ids[first, :P],
+                 use_cache=True, logits_to_keep=1)
+    logits = head.logits[inverse]  # [B, 1, V]: predicts s_0
+    if T == 1:
+        return logits
+    cache = head.past_key_values
+    cache.reorder_cache(inverse)  # [U, ...] → [B, ...] per layer (index_select: gradients add up)
+    tail = model(input_ids=input_ids[:, P:-1], attention_mask=attention_mask[:, :-1], position_ids=position_ids[:, P:-1],
+                 past_key_values=cache, use_cache=True)
+    return torch.cat([logits, tail.logits], dim=1)
 
 
 def summary_token_values(

@@ -102,6 +102,36 @@ def test_sequence_logprobs_are_differentiable(tiny_lm):
     assert ((entropy > 0) == enc.summary_mask.bool()).all() and not entropy.requires_grad
 
 
+def test_shared_prompt_forward_equals_the_full_forward_in_value_and_gradient(tiny_lm):
+    from rlhf_cluster.sequences import summary_logits
+
+    # GRPO-shaped: prompts repeated (3 × PROMPTS[1], 2 × PROMPTS[0]), one unique, summaries of mixed length
+    prompts = [PROMPTS[1], PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[0], PROMPTS[1]]
+    summaries = [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14], [15, 16], [17]]
+    enc = encode_summaries(prompts, summaries)
+    T = enc.summary_ids.shape[1]
+    out = {}
+    for share in (False, True):
+        tiny_lm.zero_grad(set_to_none=True)
+        logits = summary_logits(tiny_lm, enc.input_ids, enc.attention_mask, enc.position_ids, T, share_prompts=share)
+        logps = logits.float().log_softmax(-1).gather(-1, enc.summary_ids.unsqueeze(-1)).squeeze(-1) * enc.summary_mask
+        (logps * torch.arange(1.0, 7.0).unsqueeze(1)).sum().backward()  # rows weighted differently
+        out[share] = (logps.detach(), [p.grad.clone() for p in tiny_lm.parameters()])
+    tiny_lm.zero_grad(set_to_none=True)
+    (full, g_full), (shared, g_shared) = out[False], out[True]
+    assert torch.allclose(full, shared, atol=1e-5)
+    for i, (p, s) in enumerate(zip(prompts, summaries)):
+        assert torch.allclose(shared[i, : len(s)], _per_sequence(tiny_lm, p, s), atol=1e-5)
+    for a, b in zip(g_full, g_shared):  # float32 round-off only: within 1e-5 of the largest entry
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+    assert any(g.abs().sum() > 0 for g in g_shared)
+    # one-token summaries: the prompt forward alone
+    one = encode_summaries(prompts[:2], [[5], [6]])
+    assert torch.allclose(summary_logits(tiny_lm, one.input_ids, one.attention_mask, one.position_ids, 1),
+                          summary_logits(tiny_lm, one.input_ids, one.attention_mask, one.position_ids, 1, share_prompts=False),
+                          atol=1e-5)
+
+
 def _rollout_table(prompts, summaries, logprobs) -> pa.Table:
     n = len(prompts)
     return pa.Table.from_pydict(
