@@ -16,7 +16,8 @@ logged (metrics.jsonl, tb/):
   advantages  token rewards (−kl_coef·KL per token, R on the last) → GRPO/RLOO over each group, or GAE
   train summarizer    PPO-clip steps on the batch (policy.epochs × minibatches)   [freeze_summarizer]
   train critic        (ppo) clipped value-loss steps on the GAE returns
-  train reward model  rm_updates_per_iter BT steps on the same pairs | the same z  [freeze_reward_model]
+  train reward model  rm_updates_per_iter BT steps on the same z, each with pairs of the same user (rm_pairs=user:
+                      fresh held-out pairs per step; target: the scored pairs)  [freeze_reward_model]
   sync weights        policy → rollout actor, weight version + 1
 
 Every eval_every iterations: greedy summaries of validation examples → RM accuracy (all / contested /
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 
 from rlhf_cluster.cli import dump_yaml, parse_config, prepare_run_dir, resume_argv
 from rlhf_cluster.config import PlusConfig, TrainRMConfig
-from rlhf_cluster.data import epoch_batches as user_batches, read_split
+from rlhf_cluster.data import draw_same_user_rows, epoch_batches as user_batches, read_split, same_user_pair_rows
 from rlhf_cluster.losses import gae, grpo_advantages, kl_penalty, masked_sum, masked_whiten, rloo_advantages, token_rewards
 from rlhf_cluster.metrics import MetricsLogger, accuracy_by_subset
 from rlhf_cluster.reward_model import pair_table
@@ -66,6 +67,16 @@ def rollout_requests(requests: pa.Table, rows: np.ndarray, seed: int, iteration:
 def summary_pairs(examples: pa.Table, rollouts: pa.Table) -> pa.Table:
     """REWARD_PAIR rows, one per sampled summary: its example's target pair, conditioned on the summary."""
     return pair_table(examples.take(rollouts.column("request_id")), rollouts.column("summary_text").to_pylist())
+
+
+def reward_model_pairs(cfg: PlusConfig, train: pa.Table, rows: np.ndarray, rollouts: pa.Table, scored: pa.Table,
+                       candidates: list[np.ndarray] | None, rng: np.random.Generator) -> pa.Table:
+    """One reward-model update's REWARD_PAIR batch: every sampled summary with a pair of its user
+    (rm_pairs=user: drawn from `candidates`, see rlhf_cluster.data.same_user_pair_rows; target: the scored pair)."""
+    if cfg.rm_pairs == "target":
+        return scored
+    own = np.asarray(rows)[rollouts.column("request_id").to_numpy()]
+    return pair_table(train.take(draw_same_user_rows(candidates, own, rng)), rollouts.column("summary_text").to_pylist())
 
 
 def score_margins(rm_group, pairs: pa.Table) -> np.ndarray:
@@ -259,6 +270,7 @@ def main(argv=None) -> dict:
         if train.num_rows < cfg.users_per_iter:
             raise SystemExit(f"train split has {train.num_rows} rows, fewer than users_per_iter={cfg.users_per_iter}")
         tokenizer = load_tokenizer(cfg.models.summarizer)
+        candidates = same_user_pair_rows(train) if cfg.rm_pairs == "user" else None
         train_requests = build_requests(train, tokenizer, cfg.rollout, cfg.seed)
         val_requests = build_requests(val, tokenizer, cfg.rollout, cfg.seed)
         print(f"  train {train.num_rows} rows, {cfg.rm.eval_split} {val.num_rows} rows; "
@@ -314,8 +326,9 @@ def main(argv=None) -> dict:
                 with phase("train critic", t, quiet=True):
                     m.update(train_minibatches(cfg, critic, critic_batch(rollouts, values, returns), cfg.seed + it, "critic"))
             with phase("train reward model", t, quiet=True):
+                rng = np.random.default_rng([cfg.seed, it])  # per iteration: a resumed run draws the same pairs
                 for _ in range(0 if cfg.freeze_reward_model else cfg.rm_updates_per_iter):
-                    r = rm.train_step(pairs)
+                    r = rm.train_step(reward_model_pairs(cfg, train, rows, rollouts, pairs, candidates, rng))
                     m.update(rm_loss=r["loss"], rm_accuracy=r["accuracy"], rm_grad_norm=r["grad_norm"])
             sampled_by = version
             with phase("sync weights", t, quiet=True):

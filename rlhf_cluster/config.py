@@ -506,7 +506,14 @@ class PlusConfig(StrictModel):
         "validation): hf starts in a second; a second vllm engine doubles rollout start-up time and memory on CPU.",
     )
     rm_updates_per_iter: int = Field(
-        1, ge=0, description="Reward-model optimizer steps per iteration on the iteration's batch (the paper's code: 1, alternating 1:1 with the summarizer)."
+        1, ge=0, description="Reward-model optimizer steps per iteration on the iteration's summaries (rm_pairs='user': fresh pairs each step; the paper's code: 1, alternating 1:1 with the summarizer)."
+    )
+    rm_pairs: Literal["user", "target"] = Field(
+        "user", description="What the reward model trains on, per sampled summary z of a user's context: 'user' — "
+        "each update draws held-out pairs of the same user (other examples' target pairs, never one of the context's "
+        "pairs; the user's n_samples summaries get distinct pairs while the user has enough), so an update sees up to "
+        "users_per_iter × n_samples distinct pairs; 'target' — the pair z was scored on (users_per_iter distinct pairs, "
+        "each under n_samples summaries). Same cost either way; the summarizer's reward always uses the target pair.",
     )
     freeze_summarizer: bool = Field(False, description="Ablation: never update the summarizer (weights stay version 0's).")
     freeze_reward_model: bool = Field(False, description="Ablation: never update the reward model.")

@@ -4,16 +4,19 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from rlhf_cluster.data import (
     DataError,
+    draw_same_user_rows,
     list_splits,
     read_examples,
     read_examples_with_report,
     read_split,
+    same_user_pair_rows,
     split_path,
     write_examples,
 )
@@ -238,3 +241,37 @@ def test_read_split_and_list_splits(tmp_path):
         read_split(tmp_path, "test")
     with pytest.raises(DataError, match="does not exist"):
         list_splits(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------ PLUS reward-model pairs per user
+
+
+def _pairs_table(rows):
+    return pa.Table.from_pylist([{**row(0), "context_messages": [], **r} for r in rows], schema=EXAMPLE_SCHEMA)
+
+
+def test_same_user_pair_rows_excludes_other_users_and_context_pairs():
+    survey = [pair("s1", "a", "b")]
+    t = _pairs_table([
+        {"user_id": "u", "context": survey, "prompt": "q0", "chosen": "c0", "rejected": "r0"},
+        {"user_id": "v", "context": survey, "prompt": "q1", "chosen": "c1", "rejected": "r1"},
+        {"user_id": "u", "context": survey, "prompt": "q2", "chosen": "c2", "rejected": "r2"},
+        # same user, another context that contains row 0's target pair: row 0's pair is not its candidate
+        {"user_id": "u", "context": [pair("q0", "c0", "r0")], "prompt": "q3", "chosen": "c3", "rejected": "r3"},
+        # a target pair equal to a context pair of the survey rows: never their candidate
+        {"user_id": "u", "context": [pair("q0", "c0", "r0")], "prompt": "s1", "chosen": "a", "rejected": "b"},
+    ])
+    got = [c.tolist() for c in same_user_pair_rows(t)]
+    assert got == [[0, 2, 3], [1], [0, 2, 3], [2, 3, 4], [2, 3, 4]]
+
+
+def test_draw_same_user_rows_distinct_while_candidates_last():
+    candidates = [np.array([0, 2, 3]), np.array([1]), np.array([0, 2, 3]), np.array([], dtype=np.int64)]
+    rng = np.random.default_rng(0)
+    rows = np.array([0, 0, 0, 1, 1, 3, 3])
+    out = draw_same_user_rows(candidates, rows, rng)
+    assert sorted(out[:3].tolist()) == [0, 2, 3]  # three summaries of row 0: three distinct pairs of its user
+    assert out[3:5].tolist() == [1, 1]  # one candidate: repeated, not dropped
+    assert out[5:].tolist() == [3, 3]  # no candidate: the row keeps its own pair
+    again = draw_same_user_rows(candidates, rows, np.random.default_rng(0))
+    assert again.tolist() == out.tolist()  # seeded: a resumed run draws the same rows
