@@ -274,7 +274,9 @@ def main(argv=None) -> dict:
         train_requests = build_requests(train, tokenizer, cfg.rollout, cfg.seed)
         val_requests = build_requests(val, tokenizer, cfg.rollout, cfg.seed)
         print(f"  train {train.num_rows} rows, {cfg.rm.eval_split} {val.num_rows} rows; "
-              f"{cfg.users_per_iter} users × {cfg.rollout.n_samples} summaries per iteration")
+              f"{cfg.users_per_iter} users × {cfg.rollout.n_samples} summaries per iteration; reward model: "
+              f"{cfg.rm_updates_per_iter} step(s) per iteration on "
+              + ("fresh pairs of each summary's user" if cfg.rm_pairs == "user" else "the scored pairs"))
     with phase("start actors", timings):
         import ray
 

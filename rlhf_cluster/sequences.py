@@ -110,31 +110,35 @@ def summary_logits(
     T: int,
     share_prompts: bool = True,
 ) -> torch.Tensor:
-    """The logits [B, T, V] that predict the T summary tokens (columns P−1 .. P+T−2), differentiable.
+    """The model's outputs [B, T, C] in the columns that read the T summary tokens' states — P−1 .. P+T−2,
+    whose causal-LM logits predict s_0 .. s_(T−1) — differentiable. ``model``: a causal LM (only those
+    columns' logits are computed) or a token classifier such as the critic (C = 1).
 
-    When rows repeat a prompt (``share_prompts`` and fewer distinct prompts U than rows B), the prompts
-    run once — U × P tokens instead of B × P — with the KV cache kept, the cache is indexed out to the B
-    rows, and the summaries run on it: the same function of the weights (gradients from a prompt's rows
-    add up through the index), fewer FLOPs when prompts are long and summaries short, as in PLUS. Else
-    one forward of the whole [B, P+T] batch."""
+    When rows repeat a prompt (``share_prompts`` and fewer distinct prompts U than rows B — a GRPO group
+    is n summaries of one user context), the prompts run once — U × P tokens instead of B × P — into a KV
+    cache, the cache is indexed out to the B rows, and the summaries run on it: the same function of the
+    weights (a prompt's rows add their gradients up through the index), far fewer FLOPs when prompts are
+    long and summaries short, as in PLUS. Otherwise one forward of the whole [B, P+T] batch."""
+    from transformers import DynamicCache
+
     P = input_ids.shape[1] - T
+    lm = {"logits_to_keep": T + 1} if hasattr(model, "lm_head") else {}
     prompt = input_ids[:, :P]
-    unique, inverse = (torch.unique(prompt, dim=0, return_inverse=True) if share_prompts else (prompt, None))
-    if not share_prompts or unique.shape[0] == prompt.shape[0]:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=T + 1)
-        return out.logits[:, :-1]
+    unique, inverse = torch.unique(prompt, dim=0, return_inverse=True) if share_prompts else (prompt, None)
+    if unique.shape[0] == prompt.shape[0]:
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **lm).logits[:, -(T + 1) : -1]
     first = torch.empty(unique.shape[0], dtype=torch.long, device=prompt.device)
     first.scatter_(0, inverse.flip(0), torch.arange(prompt.shape[0] - 1, -1, -1, device=prompt.device))  # a row per prompt
+    cache = DynamicCache(config=model.config)
     head = model(input_ids=prompt[first], attention_mask=attention_mask[first, :P], position_ids=position_ids[first, :P],
-                 use_cache=True, logits_to_keep=1)
-    logits = head.logits[inverse]  # [B, 1, V]: predicts s_0
+                 past_key_values=cache, use_cache=True, **({"logits_to_keep": 1} if lm else {}))
+    out = head.logits[:, -1:][inverse]  # [B, 1, C]: reads the last prompt token (predicts s_0)
     if T == 1:
-        return logits
-    cache = head.past_key_values
-    cache.reorder_cache(inverse)  # [U, ...] → [B, ...] per layer (index_select: gradients add up)
+        return out
+    cache.reorder_cache(inverse)  # [U, …] → [B, …] per layer (index_select: gradients add up)
     tail = model(input_ids=input_ids[:, P:-1], attention_mask=attention_mask[:, :-1], position_ids=position_ids[:, P:-1],
                  past_key_values=cache, use_cache=True)
-    return torch.cat([logits, tail.logits], dim=1)
+    return torch.cat([out, tail.logits], dim=1)
 
 
 def summary_token_values(
@@ -148,11 +152,10 @@ def summary_token_values(
     """V(prompt, s_<t) for each summary token t, [B, T] float32, 0 on padding (differentiable).
 
     ``model`` is a scalar token classifier (``models.load_value_model``); the value of token t's state
-    is read in column P−1+t, the column whose logits predict s_t in ``summary_token_logprobs``.
+    is read in column P−1+t, the column whose logits predict s_t in ``summary_token_logprobs``; rows
+    sharing a prompt share its forward (``summary_logits``).
     """
-    T = summary_ids.shape[1]
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-    values = out.logits[:, -(T + 1) : -1, 0].float()
+    values = summary_logits(model, input_ids, attention_mask, position_ids, summary_ids.shape[1])[..., 0].float()
     return torch.where(summary_mask.bool(), values, torch.zeros_like(values))
 
 

@@ -50,6 +50,18 @@ def test_values_are_read_where_the_policy_reads_logits(tiny_critic):
     tiny_critic.zero_grad(set_to_none=True)
 
 
+def test_values_of_rows_sharing_a_prompt_equal_their_unpadded_forwards(tiny_critic):
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[0], PROMPTS[1]]  # GRPO-shaped: the prompt runs once
+    summaries = [[10, 20], [30, 31, 32], [40], [41, 42, 43, 44], [50]]
+    enc = encode_summaries(prompts, summaries)
+    values = summary_token_values(tiny_critic, **enc.model_inputs())
+    for i, (p, s) in enumerate(zip(prompts, summaries)):
+        with torch.no_grad():
+            want = tiny_critic(torch.tensor([p + s])).logits[0, len(p) - 1 : -1, 0]
+        assert torch.allclose(values[i, : len(s)], want, atol=1e-5)
+        assert values[i, len(s) :].eq(0).all()
+
+
 def test_critic_batch_and_values_table_drop_padding():
     rollout = _rollout(PROMPTS, SUMMARIES)
     values = torch.tensor([[0.5, 0.25, 9, 9], [1, 2, 3, 4], [5, 9, 9, 9]])
