@@ -71,10 +71,12 @@ def _deterministic(event: dict) -> dict:
 def test_ppo_run_interrupted_and_resumed_matches_uninterrupted(tiny_data, tiny_models, tmp_path):
     """PPO (critic + GAE): 4 iterations straight vs 2 iterations, then --resume to 4. The resumed iterations
     3 and 4 must log the same metrics (policy, critic, RM, rollouts: weights, Adam moments, LR schedule,
-    data position, sampling seeds and weight version all restored)."""
+    data position, sampling seeds, the reward model's drawn pairs (rm_pairs=user, 2 updates per iteration)
+    and weight version all restored)."""
     base = [f"data.dir={tiny_data}", f"models.summarizer={tiny_models / 'summarizer'}",
             f"models.reward_model={tiny_models / 'reward_model'}", *TINY, "policy.algorithm=ppo", "critic_resources.num_cpus=0.25", "reference_resources.num_cpus=0.25",
-            "policy.optim.warmup_steps=4", "policy.critic_optim.lr=1e-3", "eval_every=100", "checkpoint_every=2"]
+            "policy.optim.warmup_steps=4", "policy.critic_optim.lr=1e-3", "eval_every=100", "checkpoint_every=2",
+            "rm_pairs=user", "rm_updates_per_iter=2"]
     straight, parted = tmp_path / "straight", tmp_path / "parted"
     run_job("jobs.plus", *base, "iterations=4", f"run_dir={straight}")
     run_job("jobs.plus", *base, "iterations=2", f"run_dir={parted}")
