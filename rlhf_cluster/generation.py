@@ -140,7 +140,9 @@ class HfEngine:
         self.cfg = cfg
         self.seed = seed
         self.tokenizer = load_tokenizer(model_path)
-        self.model = load_causal_lm(model_path, dtype=dtype).eval()
+        # the actor's GPU when Ray gave it one (CUDA_VISIBLE_DEVICES holds only its own), else CPU
+        self.device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+        self.model = load_causal_lm(model_path, dtype=dtype).to(self.device).eval()
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
 
     @torch.no_grad()
@@ -151,9 +153,9 @@ class HfEngine:
     def score(self, prompts, continuations):
         res = []
         for p, c in zip(prompts, continuations):
-            ids = torch.tensor([list(p) + list(c)], dtype=torch.long)
+            ids = torch.tensor([list(p) + list(c)], dtype=torch.long, device=self.device)
             logits = self.model(ids).logits[0, len(p) - 1 : -1].float()
-            lp = logits.log_softmax(-1).gather(-1, torch.tensor(list(c)).unsqueeze(-1)).squeeze(-1)
+            lp = logits.log_softmax(-1).gather(-1, ids[0, len(p) :].unsqueeze(-1)).squeeze(-1)
             res.append(lp.tolist())
         return res
 
@@ -167,7 +169,7 @@ class HfEngine:
 
     def _generate_one(self, prompt: Sequence[int], seed: int | None) -> list[Sample]:
         torch.manual_seed(self.seed if seed is None else seed)
-        ids = torch.tensor([list(prompt)], dtype=torch.long).repeat(self.cfg.n_samples, 1)
+        ids = torch.tensor([list(prompt)], dtype=torch.long, device=self.device).repeat(self.cfg.n_samples, 1)
         greedy = self.cfg.temperature == 0
         out = self.model.generate(
             input_ids=ids,
