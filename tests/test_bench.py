@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 
@@ -51,10 +53,32 @@ def test_context_pairs_are_repeated_or_cut_to_k():
     assert len(with_context_pairs(t, 1).column("context")[0].as_py()) == 1
 
 
+def run_group(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """subprocess.run in a session of its own: past ``timeout`` the whole group dies — bench.run's
+    children (make_models, Ray, engines) too, not only bench.run — and the test fails with the output."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[1:4])} ran past {timeout:.0f} s:\n{out[-4000:]}{err[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def test_run_group_kills_the_children_past_its_timeout():
+    child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); print('up', flush=True); time.sleep(60)"
+    with pytest.raises(pytest.fail.Exception, match="ran past 2 s"):
+        run_group([sys.executable, "-c", child], timeout=2)
+    out = subprocess.run(["pgrep", "-f", "time.sleep\\(60\\)"], capture_output=True, text=True).stdout
+    assert out.strip() == "", out  # the grandchild died with the group
+    assert run_group([sys.executable, "-c", "print('ok')"], timeout=30).stdout == "ok\n"
+
+
 @pytest.mark.slow
 def test_quick_suite_measures_every_benchmark_and_renders_a_report(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+    proc = run_group([sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path)], timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     results = json.loads(next(tmp_path.glob("*-quick.json")).read_text())
     assert not results["failed"], results["failed"]
