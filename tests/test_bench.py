@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
 
@@ -54,21 +52,30 @@ def test_context_pairs_are_repeated_or_cut_to_k():
 
 
 def run_group(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """subprocess.run in a session of its own: past ``timeout`` the whole group dies — bench.run's
-    children (make_models, Ray, engines) too, not only bench.run — and the test fails with the output."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    """subprocess.run whose timeout kills the process and all its descendants — bench.run's children
+    (make_models, Ray, engines: each in a session of its own) too, not only bench.run — and fails the
+    test with the output."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        root = psutil.Process(proc.pid)
+        for p in [*root.children(recursive=True), root]:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
         out, err = proc.communicate()
         pytest.fail(f"{' '.join(cmd[1:4])} ran past {timeout:.0f} s:\n{out[-4000:]}{err[-4000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_run_group_kills_the_children_past_its_timeout():
-    child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); print('up', flush=True); time.sleep(60)"
+    child = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+             "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print('up', flush=True); "
+             "time.sleep(60)")  # a grandchild in its own session, not holding the pipes
     with pytest.raises(pytest.fail.Exception, match="ran past 2 s"):
         run_group([sys.executable, "-c", child], timeout=2)
     out = subprocess.run(["pgrep", "-f", "time.sleep\\(60\\)"], capture_output=True, text=True).stdout
