@@ -9,7 +9,9 @@ the summaries come from the run's fixed summarizer: RUN_DIR/summaries/<split>.pa
 
 Per split: accuracy over all / contested / agreed pairs (ties count half; rows with unknown
 ``contested`` count only in all) and per-user accuracy (mean over users, worst decile), from
-``rlhf_cluster.metrics``. Writes RUN_DIR/eval.json and RUN_DIR/eval.md (printed too), the ceilings
+``rlhf_cluster.metrics``. For ``summary`` on data with ground truth (``user_description``): how much
+of it the summaries leave open (distinct summaries, H(truth | summary) in bits next to H(truth),
+``rlhf_cluster.metrics.summary_information``). Writes RUN_DIR/eval.json and RUN_DIR/eval.md (printed too), the ceilings
 copied from DATA_DIR/ceilings.json (null when the dataset has none). With ``--data`` the files are
 RUN_DIR/eval-<data dir name>.json/.md and summaries are cached in RUN_DIR/summaries-<data dir name>/,
 so the run's own evaluation is never overwritten. Bad inputs exit with code 2 and a message naming
@@ -34,7 +36,13 @@ from tqdm import tqdm
 from rlhf_cluster.cli import EXIT_USAGE, parse_config
 from rlhf_cluster.config import EvaluateConfig, RayConfig, TrainRMConfig
 from rlhf_cluster.data import DataError, list_splits, read_split
-from rlhf_cluster.metrics import accuracy_by_subset, pair_correct, per_user_accuracy, summary_lines
+from rlhf_cluster.metrics import (
+    accuracy_by_subset,
+    pair_correct,
+    per_user_accuracy,
+    summary_information,
+    summary_lines,
+)
 from rlhf_cluster.models import CheckpointError, check_checkpoint_dir, load_reward_model, load_tokenizer
 from rlhf_cluster.reward_model import conditioning_texts, encode_pairs, pair_rewards, pair_table
 
@@ -197,6 +205,16 @@ def sample_summaries(examples: pa.Table, summaries: list, k: int) -> list[dict]:
     return out
 
 
+def split_summary_information(examples: pa.Table, summaries: list) -> dict | None:
+    """summary_information of one split's summaries; None without ground truth for every row."""
+    if "user_description" not in examples.schema.names:
+        return None
+    truths = examples.column("user_description").to_pylist()
+    if any(t is None for t in truths):
+        return None
+    return summary_information(examples.column("user_id").to_pylist(), summaries, truths)
+
+
 def split_metrics(examples: pa.Table, r_chosen: np.ndarray, r_rejected: np.ndarray) -> tuple[dict, dict]:
     """(accuracy by subset, per-user accuracy) of one split's scores."""
     acc = accuracy_by_subset(r_chosen, r_rejected, examples.column("contested").to_pylist())
@@ -232,6 +250,16 @@ def markdown(result: dict) -> str:
               "| split | users | mean | worst decile | users in worst decile |", "|---|---:|---:|---:|---:|"]
     for split, u in result["per_user"].items():
         lines.append(f"| {split} | {u['n_users']} | {_fmt(u['mean'])} | {_fmt(u['worst_decile'])} | {u['n_worst']} |")
+    info = {k: v for k, v in (result.get("summary_information") or {}).items() if v}
+    if info:
+        lines += ["", "What the summaries say about the ground truth (`user_description`), once per user: "
+                  "H(truth | summary) of H(truth) bits left open, and how often the truth most common "
+                  "among users with the same summary is the user's own:", "",
+                  "| split | users | distinct summaries | H(truth) bits | H(truth \\| summary) bits | majority share |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for split, v in info.items():
+            lines.append(f"| {split} | {v['n_users']} | {v['distinct_summaries']} | {_fmt(v['truth_entropy_bits'])} | "
+                         f"{_fmt(v['conditional_entropy_bits'])} | {_fmt(v['majority_share'])} |")
     for split, rows in (result.get("sample_summaries") or {}).items():
         lines += ["", f"Sample summaries ({split}):", ""] + summary_lines(rows)
     return "\n".join(lines) + "\n"
@@ -260,12 +288,13 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     print(f"evaluate: {run.checkpoint} (conditioning {run.cfg.rm.conditioning}) on {target.data_dir}: "
           f"{', '.join(target.splits)} [{device}]")
     model, tokenizer = load_scorer(run, device)
-    accuracy, per_user, truncated, samples = {}, {}, {}, {}
+    accuracy, per_user, truncated, samples, information = {}, {}, {}, {}, {}
     for split in target.splits:
         examples = read_examples_for(cfg, run, target, split)
         cond = split_conditioning(examples, split, run, target, cfg.ray or run.cfg.ray)
         if run.cfg.rm.conditioning == "summary":
             samples[split] = sample_summaries(examples, cond, SAMPLES_PER_SPLIT)
+            information[split] = split_summary_information(examples, cond)
         rc, rr, truncated[split] = score_pairs(
             model, tokenizer, examples, cond, run.cfg.rm, cfg.batch_size, device, desc=split
         )
@@ -279,6 +308,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         "seed": run.cfg.seed, "checkpoint": _checkpoint_info(run),
         "splits": target.splits, "limit": cfg.limit, "accuracy": accuracy, "per_user": per_user,
         "n_truncated": truncated, "ceilings": target.ceilings, "sample_summaries": samples,
+        "summary_information": information,
         "seconds": round(time.perf_counter() - start, 2),
     }
     table = markdown(result)

@@ -11,6 +11,10 @@ Evaluation math (no torch or model imports; array-likes in, Python numbers out):
 - ``accuracy_by_subset``: mean of ``pair_correct`` over all / contested / agreed rows. Contested pairs
   are where users disagree: the only pairs that measure personalization (agreed pairs hide the gap).
 - ``per_user_accuracy``: mean accuracy of each user, then the mean over users and over the worst decile.
+- ``summary_information``: how much of the generator's ground truth about a user (``user_description``)
+  the users' summaries still leave open — H(truth | summary) in bits, next to H(truth). 0 bits left: the
+  summary names the user's kind; H(truth) left: it says nothing (e.g. one summary for everyone). It
+  measures the summarizer alone; the reward model's accuracy says whether it reads what is there.
 - ``mean_ci95``: mean over seeds and the half width of a Student-t 95 % confidence interval.
 """
 
@@ -160,6 +164,46 @@ def per_user_accuracy(user_ids: Sequence[str], correct: Sequence[float]) -> dict
         "worst_decile": float(np.sort(per_user)[:k].mean()),
         "n_users": int(len(per_user)),
         "n_worst": int(k),
+    }
+
+
+def summary_information(user_ids: Sequence[str], summaries: Sequence[str], truths: Sequence[str]) -> dict:
+    """How much a user's summary says about their ground truth, counted once per user (their first row).
+
+    Over the distinct users: ``distinct_summaries``; ``truth_entropy_bits`` H(truth) and
+    ``conditional_entropy_bits`` H(truth | summary) of the empirical joint distribution (plug-in, base 2);
+    ``majority_share``: the share of users whose truth is the most common one among users with their
+    summary (the accuracy of guessing the truth from the summary). All None / 0 when there are no users.
+    """
+    users, texts, truth = list(user_ids), list(summaries), list(truths)
+    if not len(users) == len(texts) == len(truth):
+        raise ValueError(f"{len(users)} user ids, {len(texts)} summaries and {len(truth)} truths differ in number")
+    first: dict[str, tuple[str, str]] = {}
+    for u, z, t in zip(users, texts, truth):
+        first.setdefault(u, (z, t))
+    n = len(first)
+    if n == 0:
+        return {"n_users": 0, "distinct_summaries": 0, "truth_entropy_bits": None,
+                "conditional_entropy_bits": None, "majority_share": None}
+    joint: dict[str, dict[str, int]] = {}
+    for z, t in first.values():
+        joint.setdefault(z, {}).setdefault(t, 0)
+        joint[z][t] += 1
+    marginal: dict[str, int] = {}
+    for z, t in first.values():
+        marginal[t] = marginal.get(t, 0) + 1
+
+    def entropy(counts) -> float:
+        c = np.asarray(list(counts), dtype=np.float64)
+        p = c / c.sum()
+        return float(-(p * np.log2(p)).sum())
+
+    return {
+        "n_users": n,
+        "distinct_summaries": len(joint),
+        "truth_entropy_bits": entropy(marginal.values()),
+        "conditional_entropy_bits": sum(sum(c.values()) / n * entropy(c.values()) for c in joint.values()),
+        "majority_share": sum(max(c.values()) for c in joint.values()) / n,
     }
 
 

@@ -132,6 +132,13 @@ def test_evaluate_summary_conditioning_reads_cached_summaries(tiny_models, tiny_
     monkeypatch.setattr("jobs.summarize.summarize_examples", _must_not_run, raising=False)
     result = evaluate_job.main(["--run", str(run), "--splits", f"[{split}]"])
     assert result["accuracy"][split] == recompute(run, tiny_data, split, summaries)
+    # each user's own summary names them: nothing about their ground truth is left open
+    info = result["summary_information"][split]
+    n_users = len(set(users))
+    assert info["n_users"] == info["distinct_summaries"] == n_users
+    assert info["conditional_entropy_bits"] == 0.0 and info["majority_share"] == 1.0
+    assert info["truth_entropy_bits"] > 0.5  # pets' user types, not all alike
+    assert f"| {split} | {n_users} | {n_users} |" in (run / "eval.md").read_text()
 
 
 def test_evaluate_summary_conditioning_summarizes_and_caches(tiny_models, tiny_data, tmp_path, monkeypatch):

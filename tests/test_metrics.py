@@ -15,6 +15,7 @@ from rlhf_cluster.metrics import (
     pair_correct,
     per_user_accuracy,
     read_metrics,
+    summary_information,
     t_quantile_975,
 )
 
@@ -59,6 +60,27 @@ def test_per_user_accuracy_small_population_takes_one_user():
     assert out["n_worst"] == 1 and out["worst_decile"] == 0.0  # user b
     assert out["mean"] == pytest.approx((0.75 + 0 + 2 / 3) / 3)
     assert per_user_accuracy([], [])["mean"] is None
+
+
+def test_summary_information_by_hand():
+    # 4 users (u0 has 2 rows: counted once). Summaries a, a, b, b; truths x, y, z, z.
+    # H(truth) = -(¼ log2 ¼ · 2 + ½ log2 ½) = 1.5 bits; H(truth | a) = 1 bit, H(truth | b) = 0 → ½ · 1 = 0.5.
+    out = summary_information(["u0", "u0", "u1", "u2", "u3"], ["a", "a", "a", "b", "b"], ["x", "x", "y", "z", "z"])
+    assert out["n_users"] == 4 and out["distinct_summaries"] == 2
+    assert out["truth_entropy_bits"] == pytest.approx(1.5)
+    assert out["conditional_entropy_bits"] == pytest.approx(0.5)
+    assert out["majority_share"] == pytest.approx(3 / 4)  # a → x or y (1 of 2), b → z (2 of 2)
+
+
+def test_summary_information_extremes_and_bad_input():
+    truths = ["t0", "t1", "t2", "t3"]
+    same = summary_information(["a", "b", "c", "d"], ["z"] * 4, truths)  # one summary for everyone
+    assert same["conditional_entropy_bits"] == pytest.approx(2.0) == same["truth_entropy_bits"]
+    own = summary_information(["a", "b", "c", "d"], ["z0", "z1", "z2", "z3"], truths)  # names each user
+    assert own["conditional_entropy_bits"] == 0.0 and own["majority_share"] == 1.0
+    assert summary_information([], [], [])["conditional_entropy_bits"] is None
+    with pytest.raises(ValueError, match="2 user ids, 1 summaries and 2 truths"):
+        summary_information(["a", "b"], ["z"], ["t", "t"])
 
 
 # ------------------------------------------------------------------------------- across seeds
