@@ -30,6 +30,12 @@ from rlhf_cluster.reward_model import BatchError
 FAILURE_GRACE_S = 30.0
 
 
+# The rendezvous port is free when rank 0's node is asked, but rank 0 listens on it only seconds later
+# (actor start, imports); another process can take it in between. A group whose rank 0 then fails with
+# EADDRINUSE is started again on a fresh port, at most this many times in all.
+RENDEZVOUS_ATTEMPTS = 3
+
+
 @ray.remote(num_cpus=0)
 def _node_address_and_free_port() -> tuple[str, int]:
     """Runs in rank 0's bundle: this node's IP and a port that is free on it right now."""
@@ -37,6 +43,17 @@ def _node_address_and_free_port() -> tuple[str, int]:
         s.bind(("", 0))
         port = s.getsockname()[1]
     return ray.util.get_node_ip_address(), port
+
+
+def rendezvous_address(strategy: PlacementGroupSchedulingStrategy) -> tuple[str, int]:
+    """(master address, port) for a group whose rank 0 runs under ``strategy``."""
+    return ray.get(_node_address_and_free_port.options(scheduling_strategy=strategy).remote())
+
+
+def port_was_taken(error: BaseException) -> bool:
+    """True when a rank failed because its rendezvous port was in use (torch's DistNetworkError text)."""
+    text = str(error)
+    return "EADDRINUSE" in text or "address already in use" in text.lower()
 
 
 def bundle(res: ActorResources) -> dict[str, float]:
@@ -83,9 +100,7 @@ class WorkerGroup:
         self.pg = placement_group([bundle(resources)] * num_ranks, strategy="PACK")  # unnamed: names are cluster-unique
         try:
             self._wait_placed(resources, ready_timeout_s)
-            addr, port = ray.get(
-                _node_address_and_free_port.options(scheduling_strategy=self._in_bundle(0)).remote()
-            )
+            addr, port = rendezvous_address(self._in_bundle(0))
             # No GPU: DeepSpeed must select its CPU accelerator before its first import in the actor.
             env = {} if resources.num_gpus > 0 else {"DS_ACCELERATOR": "cpu"}
             self.workers = [
@@ -166,12 +181,17 @@ class DeepSpeedGroupHandle:
     """
 
     def __init__(self, actor_cls, num_ranks: int, resources, name: str, **actor_kwargs):
-        self.group = WorkerGroup(actor_cls, num_ranks, resources, name=name, **actor_kwargs)
-        try:
-            self.info = self.group.gather([w.info.remote() for w in self.ranks])  # raises a constructor's error
-        except BaseException:
-            self.shutdown()
-            raise
+        for attempt in range(1, RENDEZVOUS_ATTEMPTS + 1):
+            self.group = WorkerGroup(actor_cls, num_ranks, resources, name=name, **actor_kwargs)
+            try:
+                self.info = self.group.gather([w.info.remote() for w in self.ranks])  # raises a constructor's error
+                return
+            except BaseException as e:
+                self.shutdown()
+                if attempt == RENDEZVOUS_ATTEMPTS or not port_was_taken(e):
+                    raise
+                print(f"{name}: the rendezvous port was taken before rank 0 listened on it; starting the "
+                      f"group again on a fresh port (attempt {attempt + 1} of {RENDEZVOUS_ATTEMPTS})", flush=True)
 
     @property
     def ranks(self) -> list:

@@ -27,7 +27,7 @@ from rlhf_cluster.distributed import (
 )
 from rlhf_cluster.reward_model import BatchError, conditioning_texts, encode_pairs, pair_table, sequence_rewards
 from rlhf_cluster.schema import REWARD_SCORE_SCHEMA
-from rlhf_cluster.worker_group import split_even, split_near_even
+from rlhf_cluster.worker_group import port_was_taken, split_even, split_near_even
 
 RANK = ActorResources(num_cpus=0.5)  # 2 ranks of one group + 2 of another fit on the 2-CPU test Ray
 BATCH, STEPS, LR = 8, 3, 3e-3
@@ -85,6 +85,13 @@ def test_write_dir_atomically_replaces_or_leaves_nothing(tmp_path):
         write_dir_atomically(target, fail)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp dir left
     assert sorted(p.name for p in target.iterdir()) == ["b"]  # the previous checkpoint is intact
+
+
+def test_port_was_taken_reads_torchs_error():
+    assert port_was_taken(RuntimeError("DistNetworkError: ... port: 45879, code: -98, name: EADDRINUSE, message: "
+                                       "address already in use"))
+    assert port_was_taken(OSError("[Errno 98] Address already in use"))
+    assert not port_was_taken(RuntimeError("Connection refused"))
 
 
 def test_combine_metrics():
@@ -281,6 +288,30 @@ def test_diverging_run_stops_at_the_step_before_updating(ray_local, backbone, pa
 
 
 @pytest.mark.slow
+def test_group_starts_again_when_its_rendezvous_port_was_taken(ray_local, backbone, monkeypatch, capsys):
+    """The race CI once hit: the port is free when chosen and taken before rank 0 listens on it."""
+    import socket
+
+    import rlhf_cluster.worker_group as wg
+
+    real, ports = wg.rendezvous_address, []
+    with socket.socket() as held:  # another process's server on the port the group is handed first
+        held.bind(("", 0))
+        held.listen()
+        busy = held.getsockname()[1]
+
+        def first_taken(strategy):
+            addr, port = real(strategy)
+            ports.append(port if ports else busy)
+            return addr, ports[-1]
+
+        monkeypatch.setattr(wg, "rendezvous_address", first_taken)
+        with _group(backbone, ranks=1) as g:
+            assert len(g.parameter_checksums()) == 1
+    assert ports[0] == busy and len(ports) == 2 and ports[1] != busy
+    assert "rendezvous port was taken" in capsys.readouterr().out
+
+
 def test_nan_weights_stop_training_and_are_never_saved(ray_local, backbone, pairs, tmp_path):
     from rlhf_cluster.models import load_reward_model, load_tokenizer, save_checkpoint
 
