@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -185,13 +186,10 @@ def summary_information(user_ids: Sequence[str], summaries: Sequence[str], truth
     if n == 0:
         return {"n_users": 0, "distinct_summaries": 0, "truth_entropy_bits": None,
                 "conditional_entropy_bits": None, "majority_share": None}
-    joint: dict[str, dict[str, int]] = {}
+    joint: dict[str, Counter] = {}  # summary → counts of truths
     for z, t in first.values():
-        joint.setdefault(z, {}).setdefault(t, 0)
-        joint[z][t] += 1
-    marginal: dict[str, int] = {}
-    for z, t in first.values():
-        marginal[t] = marginal.get(t, 0) + 1
+        joint.setdefault(z, Counter())[t] += 1
+    marginal = Counter(t for _, t in first.values())
 
     def entropy(counts) -> float:
         c = np.asarray(list(counts), dtype=np.float64)
