@@ -13,7 +13,7 @@ export TOKENIZERS_PARALLELISM ?= false
 DEMO_DATA   := runs/demo/data
 DEMO_MODELS := runs/demo/models
 
-.PHONY: setup demo test test-fast lint clean help bench
+.PHONY: setup demo test test-fast lint format clean help bench
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
@@ -57,6 +57,14 @@ test-fast: setup  ## quick edit loop: everything not marked slow
 
 bench: $(STAMP) $(DEMO_MODELS)/models.json  ## benchmark suite (≤ 20 min; BENCH_ARGS="--quick" / "--only grpo,serve") → bench/results/
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+lint: setup  ## ruff: formatting and lint rules (pyproject.toml [tool.ruff]); `make format` fixes what it can
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: setup  ## apply ruff's formatting and safe lint fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 clean:  ## remove generated runs (keeps .venv)
 	rm -rf runs/demo

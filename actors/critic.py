@@ -68,13 +68,15 @@ class CriticRank(DeepSpeedRank):
 
     def _build(self, path: str) -> None:
         torch.manual_seed(self.seed + 1)  # the head's init: same on every rank, not the RM head's draw
-        self._build_engine(_SummaryValues(load_value_model(path, dtype=self.dtype)), self.cfg.critic_optim,
-                           self.global_batch_size)
+        self._build_engine(
+            _SummaryValues(load_value_model(path, dtype=self.dtype)), self.cfg.critic_optim, self.global_batch_size
+        )
         self.engine.eval()  # no dropout: values of the same tokens must not depend on the call
 
     def _forward(self, batch: pa.Table) -> tuple[SummaryBatch, torch.Tensor]:
-        enc = encode_summaries(batch.column("prompt_token_ids"), batch.column("summary_token_ids"),
-                               pad_id=self.tokenizer.pad_token_id).to(self.device)
+        enc = encode_summaries(
+            batch.column("prompt_token_ids"), batch.column("summary_token_ids"), pad_id=self.tokenizer.pad_token_id
+        ).to(self.device)
         return enc, self.engine(**enc.model_inputs())
 
     def train_step(self, batch: pa.Table) -> dict:
@@ -88,14 +90,25 @@ class CriticRank(DeepSpeedRank):
         n_global = mask.sum().detach().float().clone()
         if self.world_size > 1:
             torch.distributed.all_reduce(n_global)
-        loss, stats = value_loss(values, old.to(self.device), ret.to(self.device), mask, self.cfg.value_clip_eps,
-                                 num_tokens=n_global / self.world_size)
+        loss, stats = value_loss(
+            values,
+            old.to(self.device),
+            ret.to(self.device),
+            mask,
+            self.cfg.value_clip_eps,
+            num_tokens=n_global / self.world_size,
+        )
         out = self._step(loss)
         real = mask.bool()
         with torch.no_grad():
             explained = 1 - (ret.to(self.device) - values)[real].var() / ret.to(self.device)[real].var().clamp_min(1e-8)
-        out.update(value_clip_frac=stats["clip_frac"].item(), explained_variance=explained.item(),
-                   n_sequences=batch.num_rows, n_tokens=int(mask.sum().item()), seconds=time.perf_counter() - t0)
+        out.update(
+            value_clip_frac=stats["clip_frac"].item(),
+            explained_variance=explained.item(),
+            n_sequences=batch.num_rows,
+            n_tokens=int(mask.sum().item()),
+            seconds=time.perf_counter() - t0,
+        )
         return out
 
     @torch.no_grad()
@@ -132,8 +145,16 @@ class CriticGroup(DeepSpeedGroupHandle):
     ):
         self.cfg, self.ds = train, ds
         super().__init__(
-            CriticRank, ds.num_ranks, resources, name="critic", model_path=str(model_path), train=train, ds=ds,
-            seed=seed, global_batch_size=global_batch_size or train.minibatch_size, dtype=dtype,
+            CriticRank,
+            ds.num_ranks,
+            resources,
+            name="critic",
+            model_path=str(model_path),
+            train=train,
+            ds=ds,
+            seed=seed,
+            global_batch_size=global_batch_size or train.minibatch_size,
+            dtype=dtype,
         )
 
     def train_step(self, batch: pa.Table) -> dict:

@@ -74,8 +74,9 @@ class PolicyRank(DeepSpeedRank):
 
     def _build(self, path: str) -> None:
         torch.manual_seed(self.seed)
-        self._build_engine(_SummaryLogprobs(load_causal_lm(path, dtype=self.dtype)), self.cfg.optim,
-                           self.global_batch_size)
+        self._build_engine(
+            _SummaryLogprobs(load_causal_lm(path, dtype=self.dtype)), self.cfg.optim, self.global_batch_size
+        )
         # Eval mode throughout (no dropout): the ratio's denominator comes from a dropout-free sampler,
         # so a dropout-noisy numerator would make ρ ≠ 1 on-policy.
         self.engine.eval()
@@ -86,8 +87,9 @@ class PolicyRank(DeepSpeedRank):
         return self.engine.module.model
 
     def _forward(self, batch: pa.Table, with_entropy: bool) -> tuple[SummaryBatch, torch.Tensor, torch.Tensor | None]:
-        enc = encode_summaries(batch.column("prompt_token_ids"), batch.column("summary_token_ids"),
-                               pad_id=self.tokenizer.pad_token_id).to(self.device)
+        enc = encode_summaries(
+            batch.column("prompt_token_ids"), batch.column("summary_token_ids"), pad_id=self.tokenizer.pad_token_id
+        ).to(self.device)
         logprobs, entropy = self.engine(**enc.model_inputs(), with_entropy=with_entropy)
         return enc, logprobs, entropy
 
@@ -111,12 +113,22 @@ class PolicyRank(DeepSpeedRank):
         adv, _ = pad_list_column(batch.column("advantages"), 0.0, side="right", name="advantages")
         mask = enc.summary_mask
         n_global = self._global_sum(mask.sum())
-        loss, stats = ppo_policy_loss(logprobs, old.to(self.device), adv.to(self.device), mask,
-                                      self.cfg.clip_eps, num_tokens=n_global / self.world_size)
+        loss, stats = ppo_policy_loss(
+            logprobs,
+            old.to(self.device),
+            adv.to(self.device),
+            mask,
+            self.cfg.clip_eps,
+            num_tokens=n_global / self.world_size,
+        )
         out = self._step(loss)
         out.update({k: v.item() for k, v in stats.items()})
-        out.update(entropy=masked_mean(entropy, mask).item(), n_sequences=batch.num_rows,
-                   n_tokens=int(mask.sum().item()), seconds=time.perf_counter() - t0)
+        out.update(
+            entropy=masked_mean(entropy, mask).item(),
+            n_sequences=batch.num_rows,
+            n_tokens=int(mask.sum().item()),
+            seconds=time.perf_counter() - t0,
+        )
         return out
 
     @torch.no_grad()
@@ -171,8 +183,16 @@ class PolicyGroup(DeepSpeedGroupHandle):
     ):
         self.cfg, self.ds = train, ds
         super().__init__(
-            PolicyRank, ds.num_ranks, resources, name="policy", model_path=str(model_path), train=train, ds=ds,
-            seed=seed, global_batch_size=global_batch_size or train.minibatch_size, dtype=dtype,
+            PolicyRank,
+            ds.num_ranks,
+            resources,
+            name="policy",
+            model_path=str(model_path),
+            train=train,
+            ds=ds,
+            seed=seed,
+            global_batch_size=global_batch_size or train.minibatch_size,
+            dtype=dtype,
         )
 
     def train_step(self, batch: pa.Table) -> dict:

@@ -22,8 +22,8 @@ from rlhf_cluster.config import ActorResources, DeepSpeedConfig, RewardTrainConf
 from rlhf_cluster.distributed import DeepSpeedRank
 from rlhf_cluster.losses import bradley_terry_loss, pairwise_accuracy
 from rlhf_cluster.models import load_reward_model, load_tokenizer
-from rlhf_cluster.reward_model import EncodedPairs, check_batch, encode_pairs, sequence_rewards
-from rlhf_cluster.schema import REWARD_PAIR_SCHEMA, REWARD_SCORE_SCHEMA
+from rlhf_cluster.reward_model import EncodedPairs, encode_pairs, sequence_rewards
+from rlhf_cluster.schema import REWARD_PAIR_SCHEMA, REWARD_SCORE_SCHEMA, check_batch
 from rlhf_cluster.worker_group import DeepSpeedGroupHandle, combine_metrics, split_even
 
 
@@ -132,8 +132,15 @@ class RewardModelGroup(DeepSpeedGroupHandle):
     ):
         self.rm, self.ds = rm, ds
         super().__init__(
-            RewardModelRank, ds.num_ranks, resources, name="reward-model",
-            model_path=str(model_path), rm=rm, ds=ds, seed=seed, global_batch_size=global_batch_size or rm.batch_size,
+            RewardModelRank,
+            ds.num_ranks,
+            resources,
+            name="reward-model",
+            model_path=str(model_path),
+            rm=rm,
+            ds=ds,
+            seed=seed,
+            global_batch_size=global_batch_size or rm.batch_size,
         )
 
     def train_step(self, batch: pa.Table) -> dict:
@@ -148,4 +155,3 @@ class RewardModelGroup(DeepSpeedGroupHandle):
         """REWARD_SCORE_SCHEMA rows in the input order; any number of rows ≥ 1."""
         check_batch(batch, REWARD_PAIR_SCHEMA, "RewardModelGroup.score")
         return self.group.map_rows(batch, lambda rank, shard: rank.score.remote(shard))
-

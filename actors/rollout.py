@@ -14,14 +14,21 @@ weights (``RolloutConfig.max_weight_staleness`` > 0 is the explicit opt-in to la
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 
-from rlhf_cluster.config import RolloutConfig
+from rlhf_cluster.config import ActorResources, ModelsConfig, RayConfig, RolloutConfig
 from rlhf_cluster.generation import make_engine
-from rlhf_cluster.schema import ROLLOUT_REQUEST_SCHEMA, ROLLOUT_SCHEMA
+from rlhf_cluster.models import load_tokenizer
+from rlhf_cluster.progress import progress
+from rlhf_cluster.prompts import build_requests
+from rlhf_cluster.ray_setup import actor_options, check_fits, init_ray
+from rlhf_cluster.schema import ROLLOUT_REQUEST_SCHEMA, ROLLOUT_SCHEMA, SUMMARY_CACHE_SCHEMA
 
 
 @ray.remote
@@ -106,3 +113,77 @@ def _check_requests(table: pa.Table) -> None:
             f"RolloutActor.generate: request batch schema mismatch\n got: {table.schema}\n"
             f" expected ROLLOUT_REQUEST_SCHEMA: {ROLLOUT_REQUEST_SCHEMA}"
         )
+
+
+# ------------------------------------------------------------------- driver side
+
+
+def start_rollout_actor(
+    models: ModelsConfig, rollout: RolloutConfig, resources: ActorResources, ray_cfg: RayConfig, seed: int
+):
+    """Join/start Ray and start one rollout actor (engine loaded) on the configured resources."""
+    check_fits({"rollout": resources}, init_ray(ray_cfg))
+    actor = RolloutActor.options(**actor_options(resources)).remote(models.summarizer, rollout, models.dtype, seed)
+    info = ray.get(actor.info.remote())
+    print(f"  rollout actor up: backend={info['backend']}, engine start {info['startup_s']:.1f}s", flush=True)
+    return actor
+
+
+def generate_all(actor, requests: pa.Table, batch_size: int, show_progress: bool = True) -> pa.Table:
+    """Send the requests in Arrow batches of ``batch_size``; one ROLLOUT_SCHEMA table back."""
+    starts = range(0, requests.num_rows, batch_size)
+    parts = [
+        ray.get(actor.generate.remote(requests.slice(s, batch_size)))
+        for s in progress(starts, desc="generate", unit="batch", disable=not show_progress)
+    ]
+    return pa.concat_tables(parts)
+
+
+def summarize_examples(
+    examples: pa.Table,
+    models: ModelsConfig,
+    rollout: RolloutConfig,
+    resources: ActorResources,
+    ray_cfg: RayConfig,
+    seed: int,
+) -> list[str]:
+    """One summary per example row (sample 0), each distinct context summarized once; the actor is freed after."""
+    tokenizer = load_tokenizer(models.summarizer)
+    requests = build_requests(examples, tokenizer, rollout.model_copy(update={"n_samples": 1}), seed)
+    prompts = [tuple(p) for p in requests.column("prompt_token_ids").to_pylist()]
+    first = {p: i for i, p in reversed(list(enumerate(prompts)))}  # distinct prompt -> its first row
+    unique = requests.take(sorted(first.values()))
+    print(f"  summarizing {unique.num_rows} distinct contexts for {examples.num_rows} examples", flush=True)
+    actor = start_rollout_actor(models, rollout.model_copy(update={"n_samples": 1}), resources, ray_cfg, seed)
+    try:
+        out = generate_all(actor, unique, rollout.batch_size)
+    finally:
+        ray.kill(actor)
+    by_row = dict(zip(out.column("request_id").to_pylist(), out.column("summary_text").to_pylist()))
+    return [by_row[first[p]] for p in prompts]
+
+
+def cached_summaries(
+    examples: pa.Table,
+    path: Path,
+    models: ModelsConfig,
+    rollout: RolloutConfig,
+    resources: ActorResources,
+    ray_cfg: RayConfig,
+    seed: int,
+) -> list[str]:
+    """One summary per row: read from ``path`` when it covers exactly these rows, else written and cached."""
+    users = examples.column("user_id").to_pylist()
+    if path.is_file():
+        cached = {r["row"]: r for r in pq.read_table(path).to_pylist()}
+        rows = [cached.get(i) for i in range(len(users))]
+        if all(r is not None and r["user_id"] == u for r, u in zip(rows, users)):
+            print(f"  summaries: cached {path}")
+            return [r["summary"] for r in rows]
+        print(f"notice: {path} does not match these rows (stale or partial); summarizing again", file=sys.stderr)
+    summaries = summarize_examples(examples, models, rollout, resources, ray_cfg, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = {"user_id": users, "row": list(range(len(users))), "summary": summaries}
+    pq.write_table(pa.Table.from_pydict(columns, SUMMARY_CACHE_SCHEMA), path)
+    print(f"  summaries: wrote {path}")
+    return summaries

@@ -75,36 +75,59 @@ def conversion_costs(tables: dict, rig) -> dict[str, float]:
     out = {
         "rollout actor: requests.to_pydict": _timed(lambda: req.to_pydict()),
         "rollout actor: samples → ROLLOUT table": _timed(lambda: pa.Table.from_pydict(rows, schema=ROLLOUT_SCHEMA)),
-        "driver: token_tensor ×2 (old, ref logprobs)": _timed(lambda: (token_tensor(ro.column("summary_logprobs"), "a"),
-                                                                       token_tensor(ref.column("logprobs"), "b"))),
+        "driver: token_tensor ×2 (old, ref logprobs)": _timed(
+            lambda: (token_tensor(ro.column("summary_logprobs"), "a"), token_tensor(ref.column("logprobs"), "b"))
+        ),
         "driver: policy_batch": _timed(lambda: policy_batch(ro, adv)),
-        "reference: encode_summaries + logprobs_table": _timed(lambda: (encode_summaries(
-            ro.column("prompt_token_ids"), ro.column("summary_token_ids"), rig.tokenizer.pad_token_id),
-            logprobs_table(lp, enc.summary_mask))),
-        "policy: encode_summaries + pad logprobs/advantages": _timed(lambda: (encode_summaries(
-            pb.column("prompt_token_ids"), pb.column("summary_token_ids"), rig.tokenizer.pad_token_id),
-            pad_list_column(pb.column("summary_logprobs"), 0.0, side="right"),
-            pad_list_column(pb.column("advantages"), 0.0, side="right"))),
+        "reference: encode_summaries + logprobs_table": _timed(
+            lambda: (
+                encode_summaries(
+                    ro.column("prompt_token_ids"), ro.column("summary_token_ids"), rig.tokenizer.pad_token_id
+                ),
+                logprobs_table(lp, enc.summary_mask),
+            )
+        ),
+        "policy: encode_summaries + pad logprobs/advantages": _timed(
+            lambda: (
+                encode_summaries(
+                    pb.column("prompt_token_ids"), pb.column("summary_token_ids"), rig.tokenizer.pad_token_id
+                ),
+                pad_list_column(pb.column("summary_logprobs"), 0.0, side="right"),
+                pad_list_column(pb.column("advantages"), 0.0, side="right"),
+            )
+        ),
     }
     if "reward_pairs" in tables:
         pairs, scores = tables["reward_pairs"], _scores_like(tables["reward_pairs"], REWARD_SCORE_SCHEMA)
         examples = rig.train.slice(0, int(pc.max(ro.column("request_id")).as_py()) + 1)  # the iteration's batch shape
         out["driver: summary_pairs"] = _timed(lambda: summary_pairs(examples, ro))
         out["RM: pairs.to_pydict ×2 (score, train) + scores table"] = 2 * _timed(lambda: pairs.to_pydict()) + _timed(
-            lambda: pa.Table.from_arrays([pairs.column("user_id"), scores.column("r_chosen"), scores.column("r_rejected")],
-                                         schema=REWARD_SCORE_SCHEMA))
+            lambda: pa.Table.from_arrays(
+                [pairs.column("user_id"), scores.column("r_chosen"), scores.column("r_rejected")],
+                schema=REWARD_SCORE_SCHEMA,
+            )
+        )
     return out
 
 
 def _scores_like(pairs: pa.Table, schema: pa.Schema) -> pa.Table:
     n = pairs.num_rows
-    return pa.Table.from_arrays([pairs.column("user_id"), pa.array(np.zeros(n, np.float32)), pa.array(np.zeros(n, np.float32))],
-                                schema=schema)
+    return pa.Table.from_arrays(
+        [pairs.column("user_id"), pa.array(np.zeros(n, np.float32)), pa.array(np.zeros(n, np.float32))], schema=schema
+    )
 
 
 # (table, crossings per iteration, direction): "to" = driver → actor, "back" = actor → driver
-CROSSINGS = [("requests", "to"), ("rollouts", "back"), ("rollouts", "to"), ("ref_logprobs", "back"),
-             ("reward_pairs", "to"), ("reward_scores", "back"), ("reward_pairs", "to"), ("policy_batch", "to")]
+CROSSINGS = [
+    ("requests", "to"),
+    ("rollouts", "back"),
+    ("rollouts", "to"),
+    ("ref_logprobs", "back"),
+    ("reward_pairs", "to"),
+    ("reward_scores", "back"),
+    ("reward_pairs", "to"),
+    ("policy_batch", "to"),
+]
 
 
 def measure(rig, iterations: list[dict], label: str) -> dict:
@@ -127,21 +150,36 @@ def measure(rig, iterations: list[dict], label: str) -> dict:
         # to: (call + payload there) − call; back: (call + there + back) − (call + there)
         net = max(c["to_actor_s"] - call_s if way == "to" else c["round_trip_s"] - c["to_actor_s"], 0.0)
         transfer += net
-        rows.append({"table": name, "direction": "driver → actor" if way == "to" else "actor → driver",
-                     "rows": tables[name].num_rows, "kib": round(c["bytes"] / 1024, 1), "transfer_ms": round(net * 1e3, 3)})
+        rows.append(
+            {
+                "table": name,
+                "direction": "driver → actor" if way == "to" else "actor → driver",
+                "rows": tables[name].num_rows,
+                "kib": round(c["bytes"] / 1024, 1),
+                "transfer_ms": round(net * 1e3, 3),
+            }
+        )
     conv = conversion_costs(tables, rig)
     its = iterations[1:] if len(iterations) > 1 else iterations
     wall = median(it["wall_s"] for it in its)
     calls = sum(1 for name, _ in CROSSINGS if name in per_table)
     out = {
-        "model": label, "iteration_s": wall, "transfers": rows, "conversions_ms": {k: round(v * 1e3, 3) for k, v in conv.items()},
-        "transfer_s": transfer, "conversion_s": sum(conv.values()), "ray_call_overhead_s": call_s,
+        "model": label,
+        "iteration_s": wall,
+        "transfers": rows,
+        "conversions_ms": {k: round(v * 1e3, 3) for k, v in conv.items()},
+        "transfer_s": transfer,
+        "conversion_s": sum(conv.values()),
+        "ray_call_overhead_s": call_s,
         "calls_per_iteration": calls,
         "share_of_iteration": (transfer + sum(conv.values())) / wall,
         "share_incl_ray_call_overhead": (transfer + sum(conv.values()) + calls * call_s) / wall,
         "target_share": 0.03,
     }
-    print(f"[arrow] {label}: transfer {transfer * 1e3:.1f} ms + conversion {out['conversion_s'] * 1e3:.1f} ms per "
-          f"{wall:.2f} s iteration = {out['share_of_iteration']:.2%} (target ≤ 3 %); with Ray's fixed call cost "
-          f"({call_s * 1e3:.2f} ms × {calls}) {out['share_incl_ray_call_overhead']:.2%}", flush=True)
+    print(
+        f"[arrow] {label}: transfer {transfer * 1e3:.1f} ms + conversion {out['conversion_s'] * 1e3:.1f} ms per "
+        f"{wall:.2f} s iteration = {out['share_of_iteration']:.2%} (target ≤ 3 %); with Ray's fixed call cost "
+        f"({call_s * 1e3:.2f} ms × {calls}) {out['share_incl_ray_call_overhead']:.2%}",
+        flush=True,
+    )
     return out

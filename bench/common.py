@@ -13,12 +13,16 @@ import platform
 import statistics
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 ROOT = Path(__file__).resolve().parents[1]
-for _key, _value in (("RAY_AUTH_MODE", "disabled"), ("RAY_USAGE_STATS_ENABLED", "0"), ("TOKENIZERS_PARALLELISM", "false"),
-                     ("VLLM_LOGGING_LEVEL", "WARNING")):
+for _key, _value in (
+    ("RAY_AUTH_MODE", "disabled"),
+    ("RAY_USAGE_STATS_ENABLED", "0"),
+    ("TOKENIZERS_PARALLELISM", "false"),
+    ("VLLM_LOGGING_LEVEL", "WARNING"),
+):
     os.environ.setdefault(_key, _value)
 
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
@@ -29,17 +33,28 @@ BENCH_DIR = ROOT / "runs" / "bench"  # scratch: bench model, run dirs (git-ignor
 # The "bench model" (~20 M parameters): our tiny-model builder at a width where compute, not fixed
 # overhead, dominates a step on 2 cores. Random init: a benchmark needs its shape, not its skill, and an
 # untrained model rarely samples eos, so every summary runs to max_new_tokens on every side.
-BENCH_MODEL_SHAPE = {"hidden_size": 512, "num_layers": 6, "num_heads": 8, "intermediate_size": 1408,
-                     "max_position_embeddings": 1024}
+BENCH_MODEL_SHAPE = {
+    "hidden_size": 512,
+    "num_layers": 6,
+    "num_heads": 8,
+    "intermediate_size": 1408,
+    "max_position_embeddings": 1024,
+}
 
 
 def setting() -> dict:
     """The machine a number was measured on; the load average says how shared it was."""
     import torch
 
-    return {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "load_avg_1m": round(os.getloadavg()[0], 2),
-            "mem_total_gib": round(_mem_total() / 2**30, 1), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "mem_total_gib": round(_mem_total() / 2**30, 1),
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def _mem_total() -> int:
@@ -53,17 +68,27 @@ def demo_config(*overrides: str):
     from rlhf_cluster.cli import load_config
     from rlhf_cluster.config import PlusConfig
 
-    return load_config(PlusConfig, ["--config", str(DEMO_CONFIG), f"data.dir={DEMO_DATA}",
-                                    f"models.summarizer={DEMO_MODELS / 'summarizer'}",
-                                    f"models.reward_model={DEMO_MODELS / 'reward_model'}", *overrides])
+    return load_config(
+        PlusConfig,
+        [
+            "--config",
+            str(DEMO_CONFIG),
+            f"data.dir={DEMO_DATA}",
+            f"models.summarizer={DEMO_MODELS / 'summarizer'}",
+            f"models.reward_model={DEMO_MODELS / 'reward_model'}",
+            *overrides,
+        ],
+    )
 
 
 def require_demo_inputs() -> None:
     if not (DEMO_MODELS / "models.json").is_file() or not (DEMO_DATA / "ceilings.json").is_file():
-        raise SystemExit(f"missing {DEMO_DATA} / {DEMO_MODELS}: run `make bench` (it generates them) or\n"
-                         f"  python -m jobs.make_data --dataset pets --out {DEMO_DATA.relative_to(ROOT)} --seed 0\n"
-                         f"  python -m jobs.make_models --data {DEMO_DATA.relative_to(ROOT)} --out "
-                         f"{DEMO_MODELS.relative_to(ROOT)} --seed 0")
+        raise SystemExit(
+            f"missing {DEMO_DATA} / {DEMO_MODELS}: run `make bench` (it generates them) or\n"
+            f"  python -m jobs.make_data --dataset pets --out {DEMO_DATA.relative_to(ROOT)} --seed 0\n"
+            f"  python -m jobs.make_models --data {DEMO_DATA.relative_to(ROOT)} --out "
+            f"{DEMO_MODELS.relative_to(ROOT)} --seed 0"
+        )
 
 
 def bench_model(shape: dict | None = None, name: str = "summarizer-20m") -> Path:
@@ -95,12 +120,21 @@ def start_ray(num_cpus: int = 2, threads_per_actor: int | None = None) -> dict:
     (Ray's default gives an actor of < 1 CPU one thread); bench/ is put on the workers' import path."""
     import ray
 
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "TOKENIZERS_PARALLELISM": "false",
+        "VLLM_LOGGING_LEVEL": "WARNING",
+    }
     if threads_per_actor:
         env["OMP_NUM_THREADS"] = str(threads_per_actor)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, namespace="rlhf_cluster_bench",
-             log_to_driver=False, runtime_env={"env_vars": env})
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        namespace="rlhf_cluster_bench",
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+    )
     return {"ray_cpus": num_cpus, "omp_threads_per_actor": threads_per_actor or "Ray default (max(1, int(num_cpus)))"}
 
 
@@ -143,10 +177,15 @@ def role_of(cmdline: list[str], name: str) -> str:
         if role in ("DashboardAgent", "RuntimeEnvAgent"):
             return "Ray dashboard/agents"
         return "Ray idle worker" if role in ("", "IDLE") else role
-    for key, role in ( ("gcs_server", "Ray GCS"), ("raylet", "Ray raylet"),
-                      ("dashboard", "Ray dashboard/agents"), ("runtime_env", "Ray dashboard/agents"),
-                      ("log_monitor", "Ray log monitor"), ("multiprocessing.spawn", "spawned child"),
-                      ("multiprocessing.resource_tracker", "spawned child")):
+    for key, role in (
+        ("gcs_server", "Ray GCS"),
+        ("raylet", "Ray raylet"),
+        ("dashboard", "Ray dashboard/agents"),
+        ("runtime_env", "Ray dashboard/agents"),
+        ("log_monitor", "Ray log monitor"),
+        ("multiprocessing.spawn", "spawned child"),
+        ("multiprocessing.resource_tracker", "spawned child"),
+    ):
         if key in title:
             return role
     return name or "process"
@@ -256,12 +295,27 @@ class TreeSampler:
             cpu_by[self.group(pid)] = cpu_by.get(self.group(pid), 0.0) + cpu
         ordered = lambda d, scale: {k: round(v / scale, 3) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}  # noqa: E731
         return {
-            "samples": len(self.samples), "interval_s": self.interval, "wall_s": round(getattr(self, "wall_s", 0.0), 1),
-            "peak_rss_sum_gib": round(peak_rss / gib, 3), "peak_pss_sum_gib": round(peak_pss / gib, 3),
-            "role_peak_rss_gib": ordered(role_rss, gib), "role_peak_pss_gib": ordered(role_pss, gib),
+            "samples": len(self.samples),
+            "interval_s": self.interval,
+            "wall_s": round(getattr(self, "wall_s", 0.0), 1),
+            "peak_rss_sum_gib": round(peak_rss / gib, 3),
+            "peak_pss_sum_gib": round(peak_pss / gib, 3),
+            "role_peak_rss_gib": ordered(role_rss, gib),
+            "role_peak_pss_gib": ordered(role_pss, gib),
             "role_cpu_s": ordered(cpu_by, 1.0),
         }
 
 
-_NON_ACTOR_ROLES = {"vLLM engine process", "spawned child", "Ray GCS", "Ray raylet", "Ray dashboard/agents",
-                    "Ray log monitor", "Ray idle worker", "driver", "python", "python3", "process"}
+_NON_ACTOR_ROLES = {
+    "vLLM engine process",
+    "spawned child",
+    "Ray GCS",
+    "Ray raylet",
+    "Ray dashboard/agents",
+    "Ray log monitor",
+    "Ray idle worker",
+    "driver",
+    "python",
+    "python3",
+    "process",
+}

@@ -69,10 +69,16 @@ def workload(rig, steps: int) -> dict:
     flat = [int(r) for rs in rows for r in rs]
     examples = rig.train.take(flat).to_pylist()
     return {
-        "model": str(Path(cfg.models.summarizer).resolve()), "seed": cfg.seed, "steps": steps,
-        "contexts_per_step": cfg.users_per_iter, "n_samples": cfg.rollout.n_samples,
-        "max_new_tokens": cfg.rollout.max_new_tokens, "temperature": cfg.rollout.temperature,
-        "kl_coef": cfg.policy.kl_coef, "clip_eps": cfg.policy.clip_eps, "lr": cfg.policy.optim.lr,
+        "model": str(Path(cfg.models.summarizer).resolve()),
+        "seed": cfg.seed,
+        "steps": steps,
+        "contexts_per_step": cfg.users_per_iter,
+        "n_samples": cfg.rollout.n_samples,
+        "max_new_tokens": cfg.rollout.max_new_tokens,
+        "temperature": cfg.rollout.temperature,
+        "kl_coef": cfg.policy.kl_coef,
+        "clip_eps": cfg.policy.clip_eps,
+        "lr": cfg.policy.optim.lr,
         "grad_clip": cfg.policy.optim.grad_clip,
         "messages": [summarizer_messages(e, cfg.rollout.max_context_pairs) for e in examples],
         "prompt_token_ids": rig.requests.take(flat).column("prompt_token_ids").to_pylist(),
@@ -87,9 +93,12 @@ def run_ours(rig, spec: dict) -> tuple[dict, list[dict]]:
         res.append(rig.iteration(rows, 50_000 + s, reward="text"))
         phases = ", ".join(f"{k} {v:.2f}" for k, v in res[-1]["phases"].items() if v >= 0.005)
         print(f"[grpo] ours step {s}: {res[-1]['wall_s']:.2f} s = {phases}", flush=True)
-    return {"step_s": [r["wall_s"] for r in res], "phases_s": [r["phases"] for r in res],
-            "summary_tokens_mean": [r["summary_tokens_mean"] for r in res],
-            "prompt_tokens_mean": mean(r["prompt_tokens_mean"] for r in res)}, res
+    return {
+        "step_s": [r["wall_s"] for r in res],
+        "phases_s": [r["phases"] for r in res],
+        "summary_tokens_mean": [r["summary_tokens_mean"] for r in res],
+        "prompt_tokens_mean": mean(r["prompt_tokens_mean"] for r in res),
+    }, res
 
 
 def run_trl(spec: dict, timeout_s: float, threads: int) -> dict:
@@ -103,8 +112,13 @@ def run_trl(spec: dict, timeout_s: float, threads: int) -> dict:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
         env.pop("PYTHONPATH", None)
         t0 = time.perf_counter()
-        proc = subprocess.run([str(py), str(ROOT / "bench" / "trl_grpo.py"), str(spec_path), str(out_path)],
-                              capture_output=True, text=True, timeout=timeout_s, env=env)
+        proc = subprocess.run(
+            [str(py), str(ROOT / "bench" / "trl_grpo.py"), str(spec_path), str(out_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=env,
+        )
         if proc.returncode != 0:
             return {"error": f"exit {proc.returncode}: {proc.stderr[-2000:]}"}
         out = json.loads(out_path.read_text())
@@ -116,10 +130,26 @@ def run_trl(spec: dict, timeout_s: float, threads: int) -> dict:
 
 def compare(label: str, params: int, spec: dict, ours: dict, trl: dict, quiet: bool = False) -> dict:
     """Steady-state seconds per step of each side (first step apart) and the speedup; printed unless quiet."""
-    out = {"model": label, "parameters": params,
-           "workload": {k: spec[k] for k in ("steps", "contexts_per_step", "n_samples", "max_new_tokens", "temperature",
-                                             "kl_coef", "clip_eps", "lr")},
-           "ours": ours, "trl": trl, "target_speedup": 2.0}
+    out = {
+        "model": label,
+        "parameters": params,
+        "workload": {
+            k: spec[k]
+            for k in (
+                "steps",
+                "contexts_per_step",
+                "n_samples",
+                "max_new_tokens",
+                "temperature",
+                "kl_coef",
+                "clip_eps",
+                "lr",
+            )
+        },
+        "ours": ours,
+        "trl": trl,
+        "target_speedup": 2.0,
+    }
     steady = slice(1, None) if spec["steps"] > 1 else slice(0, None)
     out["ours_step_s"] = median(ours["step_s"][steady])
     out["ours_first_step_s"] = ours["step_s"][0]
@@ -131,9 +161,15 @@ def compare(label: str, params: int, spec: dict, ours: dict, trl: dict, quiet: b
         gen = trl.get("generate_s") or []
         if gen:
             out["trl_generate_share"] = sum(gen[steady]) / sum(trl["step_s"][steady])
-        print(f"[grpo] {label} ({params / 1e6:.1f} M params): ours {out['ours_step_s']:.2f} s/step vs TRL "
-              f"{out['trl_step_s']:.2f} s/step → {out['speedup']:.2f}× (target ≥ 2×); first step ours "
-              f"{out['ours_first_step_s']:.1f} s, TRL {out['trl_first_step_s']:.1f} s", flush=True)
+        print(
+            f"[grpo] {label} ({params / 1e6:.1f} M params): ours {out['ours_step_s']:.2f} s/step vs TRL "
+            f"{out['trl_step_s']:.2f} s/step → {out['speedup']:.2f}× (target ≥ 2×); first step ours "
+            f"{out['ours_first_step_s']:.1f} s, TRL {out['trl_first_step_s']:.1f} s",
+            flush=True,
+        )
     elif not quiet:
-        print(f"[grpo] {label}: ours {out['ours_step_s']:.2f} s/step; TRL: {trl.get('skipped') or trl.get('error')}", flush=True)
+        print(
+            f"[grpo] {label}: ours {out['ours_step_s']:.2f} s/step; TRL: {trl.get('skipped') or trl.get('error')}",
+            flush=True,
+        )
     return out

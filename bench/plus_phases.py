@@ -33,9 +33,22 @@ ROLE_PHASES = {  # which phases keep which actor busy (the driver waits on it me
 }
 
 
-def run_job(iterations: int, run_dir, timeout_s: float, extra: list[str]) -> tuple[subprocess.CompletedProcess, TreeSampler]:
-    cmd = [sys.executable, "-m", "jobs.plus", "--config", str(DEMO_CONFIG), f"run_dir={run_dir}",
-           f"iterations={iterations}", "eval_every=100000", "checkpoint_every=100000", "eval_limit=8", *extra]
+def run_job(
+    iterations: int, run_dir, timeout_s: float, extra: list[str]
+) -> tuple[subprocess.CompletedProcess, TreeSampler]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.plus",
+        "--config",
+        str(DEMO_CONFIG),
+        f"run_dir={run_dir}",
+        f"iterations={iterations}",
+        "eval_every=100000",
+        "checkpoint_every=100000",
+        "eval_limit=8",
+        *extra,
+    ]
     print("[phases] " + " ".join(cmd[1:]), flush=True)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     with TreeSampler(proc.pid) as sampler:
@@ -44,7 +57,7 @@ def run_job(iterations: int, run_dir, timeout_s: float, extra: list[str]) -> tup
         except subprocess.TimeoutExpired:
             proc.kill()
             out, _ = proc.communicate()
-            raise SystemExit(f"[phases] jobs.plus ran past {timeout_s:.0f} s; last output:\n{out[-3000:]}")
+            raise SystemExit(f"[phases] jobs.plus ran past {timeout_s:.0f} s; last output:\n{out[-3000:]}") from None
     if proc.returncode != 0:
         raise SystemExit(f"[phases] jobs.plus exited {proc.returncode}:\n{out[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, ""), sampler
@@ -61,13 +74,23 @@ def analyse(run_dir, sampler: TreeSampler) -> dict:
     busy = {role: sum(phases.get(p, 0.0) for p in ps) for role, ps in ROLE_PHASES.items()}
     cpu = sampler.cpu_between(train[0]["time"], train[-1]["time"]) if len(train) > 1 else {}
     window = cpu.pop("window_s", None)
-    actors = {role: {"busy_share": busy[role] / wall, "idle_share": 1 - busy[role] / wall,
-                     "cpu_cores": (cpu.get(role, 0.0) / window) if window else None} for role in ROLE_PHASES}
+    actors = {
+        role: {
+            "busy_share": busy[role] / wall,
+            "idle_share": 1 - busy[role] / wall,
+            "cpu_cores": (cpu.get(role, 0.0) / window) if window else None,
+        }
+        for role in ROLE_PHASES
+    }
     summary = json.loads((run_dir / "train_summary.json").read_text())
     return {
-        "iterations": len(train), "steady_iterations": len(steady), "iteration_s": wall,
-        "phases_s": phases, "phase_share": {n: v / wall for n, v in phases.items()},
-        "driver_other_s": wall - sum(phases.values()), "actors": actors,
+        "iterations": len(train),
+        "steady_iterations": len(steady),
+        "iteration_s": wall,
+        "phases_s": phases,
+        "phase_share": {n: v / wall for n, v in phases.items()},
+        "driver_other_s": wall - sum(phases.values()),
+        "actors": actors,
         "cpu_cores_by_role": {r: v / window for r, v in cpu.items()} if window else {},
         "one_off_s": {k: v for k, v in summary["timings_s"].items() if k.replace(" ", "_") not in names},
         "sync_share": phases.get("sync_weights", 0.0) / wall,
@@ -93,17 +116,32 @@ def main(argv=None) -> None:
     proc, sampler = run_job(n, run_dir, args.timeout_s, extra)
     res = analyse(run_dir, sampler)
     mem = sampler.report()
-    res.update(setting={**before, "config": str(DEMO_CONFIG.relative_to(ROOT)), "iterations": n,
-                        "overrides": "eval_every/checkpoint_every pushed to the end, eval_limit=8" + (", " + " ".join(extra) if extra else ""),
-                        "load_avg_1m_after": setting()["load_avg_1m"]},
-               memory={**mem, "target_gib": 8.0}, wall_s=time.perf_counter() - t0)
-    print(f"[phases] {res['steady_iterations']} steady iterations, {res['iteration_s']:.2f} s each: " +
-          ", ".join(f"{k} {v:.2f}" for k, v in res["phases_s"].items()) + f", driver/other {res['driver_other_s']:.2f}", flush=True)
+    res.update(
+        setting={
+            **before,
+            "config": str(DEMO_CONFIG.relative_to(ROOT)),
+            "iterations": n,
+            "overrides": "eval_every/checkpoint_every pushed to the end, eval_limit=8"
+            + (", " + " ".join(extra) if extra else ""),
+            "load_avg_1m_after": setting()["load_avg_1m"],
+        },
+        memory={**mem, "target_gib": 8.0},
+        wall_s=time.perf_counter() - t0,
+    )
+    print(
+        f"[phases] {res['steady_iterations']} steady iterations, {res['iteration_s']:.2f} s each: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in res["phases_s"].items())
+        + f", driver/other {res['driver_other_s']:.2f}",
+        flush=True,
+    )
     for role, a in res["actors"].items():
         cores = f"{a['cpu_cores']:.2f} cores" if a["cpu_cores"] is not None else "n/a"
         print(f"[phases]   {role}: busy {a['busy_share']:.0%}, idle {a['idle_share']:.0%}, CPU {cores}", flush=True)
-    print(f"[memory] demo run peak PSS {mem['peak_pss_sum_gib']:.2f} GiB (RSS sum {mem['peak_rss_sum_gib']:.2f} GiB; "
-          f"target ≤ 8 GiB); by role: " + ", ".join(f"{k} {v:.2f}" for k, v in mem["role_peak_pss_gib"].items()), flush=True)
+    print(
+        f"[memory] demo run peak PSS {mem['peak_pss_sum_gib']:.2f} GiB (RSS sum {mem['peak_rss_sum_gib']:.2f} GiB; "
+        f"target ≤ 8 GiB); by role: " + ", ".join(f"{k} {v:.2f}" for k, v in mem["role_peak_pss_gib"].items()),
+        flush=True,
+    )
     write_part(args.out, "phases", res)
 
 

@@ -32,9 +32,9 @@ class Rig:
         from actors.policy import PolicyGroup
         from actors.reference import ReferenceActor
         from actors.reward_model import RewardModelGroup
-        from jobs.summarize import build_requests
         from rlhf_cluster.data import read_split
         from rlhf_cluster.models import load_tokenizer
+        from rlhf_cluster.prompts import build_requests
         from rlhf_cluster.ray_setup import actor_options
 
         self.cfg, self.version, self.ray = cfg, 0, ray
@@ -45,11 +45,14 @@ class Rig:
         t0 = time.perf_counter()
         self.rollout = self._start_rollout(cfg.rollout)
         self.reference = ReferenceActor.options(**actor_options(cfg.reference_resources)).remote(m.summarizer, m.dtype)
-        self.policy = PolicyGroup(m.summarizer, cfg.policy, cfg.deepspeed, cfg.policy_resources, cfg.seed,
-                                  cfg.policy.minibatch_size, m.dtype)
+        self.policy = PolicyGroup(
+            m.summarizer, cfg.policy, cfg.deepspeed, cfg.policy_resources, cfg.seed, cfg.policy.minibatch_size, m.dtype
+        )
         self.rm = None
         if with_rm:
-            self.rm = RewardModelGroup(m.reward_model, cfg.rm, cfg.deepspeed, cfg.rm_resources, cfg.seed, cfg.rollout_batch)
+            self.rm = RewardModelGroup(
+                m.reward_model, cfg.rm, cfg.deepspeed, cfg.rm_resources, cfg.seed, cfg.rollout_batch
+            )
         ray.get([self.rollout.info.remote(), self.reference.info.remote()])
         self.startup_s = time.perf_counter() - t0
         self.blob: bytes | None = None
@@ -60,7 +63,8 @@ class Rig:
 
         m = self.cfg.models
         actor = RolloutActor.options(**actor_options(self.cfg.rollout_resources)).remote(
-            m.summarizer, rollout_cfg, m.dtype, self.cfg.seed)
+            m.summarizer, rollout_cfg, m.dtype, self.cfg.seed
+        )
         self.ray.get(actor.info.remote())
         return actor
 
@@ -84,13 +88,26 @@ class Rig:
                 return rows
         raise ValueError(it)
 
-    def iteration(self, rows: np.ndarray, it: int, examples: pa.Table | None = None,
-                  requests: pa.Table | None = None, reward: str = "rm") -> dict:
+    def iteration(
+        self,
+        rows: np.ndarray,
+        it: int,
+        examples: pa.Table | None = None,
+        requests: pa.Table | None = None,
+        reward: str = "rm",
+    ) -> dict:
         """One PLUS iteration on ``rows`` (of ``examples`` / ``requests``: default the train split).
 
         Returns ``{"wall_s", "phases": {name: s}, "sync": {...}, "tables": {name: pa.Table}, ...}``.
         """
-        from jobs.plus import advantages_of, rollout_requests, score_margins, summary_pairs, token_tensor, train_minibatches
+        from jobs.plus import (
+            advantages_of,
+            rollout_requests,
+            score_margins,
+            summary_pairs,
+            token_tensor,
+            train_minibatches,
+        )
         from rlhf_cluster.losses import kl_penalty, token_rewards
         from rlhf_cluster.sequences import policy_batch
 
@@ -136,10 +153,16 @@ class Rig:
         with _phase("sync_weights", t):
             sync = self.sync()
         wall = time.perf_counter() - start
-        return {"wall_s": wall, "phases": t, "sync": sync, "tables": tables,
-                "summaries": rollouts.num_rows, "summary_tokens_mean": float(mask.sum(1).float().mean()),
-                "prompt_tokens_mean": float(np.mean([len(p) for p in req.column("prompt_token_ids").to_pylist()])),
-                "reward_mean": float(score.mean())}
+        return {
+            "wall_s": wall,
+            "phases": t,
+            "sync": sync,
+            "tables": tables,
+            "summaries": rollouts.num_rows,
+            "summary_tokens_mean": float(mask.sum(1).float().mean()),
+            "prompt_tokens_mean": float(np.mean([len(p) for p in req.column("prompt_token_ids").to_pylist()])),
+            "reward_mean": float(score.mean()),
+        }
 
     def sync(self) -> dict:
         """Policy → rollout actor, as jobs.plus syncs, split into its parts."""
@@ -149,8 +172,13 @@ class Rig:
         info = self.ray.get(self.rollout.update_weights.remote(self.blob, self.version + 1))
         t2 = time.perf_counter()
         self.version = info["weight_version"]
-        return {"bytes": len(self.blob), "gather_s": t1 - t0, "push_and_load_s": t2 - t1,
-                "engine_load_s": info["seconds"], "total_s": t2 - t0}
+        return {
+            "bytes": len(self.blob),
+            "gather_s": t1 - t0,
+            "push_and_load_s": t2 - t1,
+            "engine_load_s": info["seconds"],
+            "total_s": t2 - t0,
+        }
 
     def shutdown(self) -> None:
         for group in (self.policy, self.rm):

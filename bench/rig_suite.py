@@ -24,22 +24,40 @@ import os
 import time
 
 from bench import arrow_exchange, grpo_vs_trl, rollout_efficiency, scaling, weight_sync
-from bench.common import BENCH_MODEL_SHAPE, DEMO_MODELS, bench_model, demo_config, parameters, require_demo_inputs
-from bench.common import setting, start_ray, write_part
+from bench.common import (
+    BENCH_MODEL_SHAPE,
+    DEMO_MODELS,
+    bench_model,
+    demo_config,
+    parameters,
+    require_demo_inputs,
+    setting,
+    start_ray,
+    write_part,
+)
 from bench.rig import Rig, run_iterations
 
 PARTS = ("rollout", "grpo", "weight_sync", "arrow", "scaling")
 
 # (full, quick) sizes of each part, per model
 SIZES = {
-    "demo": {"rollout": ({"batches": [8, 64], "rounds": {8: 10, 64: 4}}, {"batches": [8], "rounds": {8: 1}}),
-             "grpo_steps": (6, 2), "plus_iterations": (5, 2),
-             "scaling": ({"users": [4, 8, 16], "context_pairs": [1, 6, 12], "summary_caps": [12, 24, 48], "iters": 2},
-                         {"users": [4], "context_pairs": [1], "summary_caps": [24], "iters": 1})},
+    "demo": {
+        "rollout": ({"batches": [8, 64], "rounds": {8: 10, 64: 4}}, {"batches": [8], "rounds": {8: 1}}),
+        "grpo_steps": (6, 2),
+        "plus_iterations": (5, 2),
+        "scaling": (
+            {"users": [4, 8, 16], "context_pairs": [1, 6, 12], "summary_caps": [12, 24, 48], "iters": 2},
+            {"users": [4], "context_pairs": [1], "summary_caps": [24], "iters": 1},
+        ),
+    },
     # bench model: weight sync and Arrow are read from the GRPO steps (a PLUS iteration minus the small RM
     # phases), which keeps this process inside its time limit; no reward-model group is started
-    "bench": {"rollout": ({"batches": [8], "rounds": {8: 4}}, {"batches": [8], "rounds": {8: 1}}),
-              "grpo_steps": (3, 2), "plus_iterations": (None, None), "scaling": (None, None)},
+    "bench": {
+        "rollout": ({"batches": [8], "rounds": {8: 4}}, {"batches": [8], "rounds": {8: 1}}),
+        "grpo_steps": (3, 2),
+        "plus_iterations": (None, None),
+        "scaling": (None, None),
+    },
 }
 
 
@@ -63,11 +81,21 @@ def main(argv=None) -> None:
     model = DEMO_MODELS / "summarizer" if args.model == "demo" else bench_model()
     # the bench model's KV per token is 12× the demo's: 1 GiB holds ~44k tokens (32 contexts × 4 samples fit)
     cfg = demo_config(f"models.summarizer={model}", *(["rollout.kv_cache_gib=1.0"] if args.model == "bench" else []))
-    result = {"setting": {**setting(), "model": args.model, "summarizer": str(model), "parameters": parameters(model),
-                          "shape": BENCH_MODEL_SHAPE if args.model == "bench" else "demo (make_models defaults)",
-                          "users_per_iter": cfg.users_per_iter, "n_samples": cfg.rollout.n_samples,
-                          "max_new_tokens": cfg.rollout.max_new_tokens, "kv_cache_gib": cfg.rollout.kv_cache_gib,
-                          "quick": args.quick}, "skipped": {}}
+    result = {
+        "setting": {
+            **setting(),
+            "model": args.model,
+            "summarizer": str(model),
+            "parameters": parameters(model),
+            "shape": BENCH_MODEL_SHAPE if args.model == "bench" else "demo (make_models defaults)",
+            "users_per_iter": cfg.users_per_iter,
+            "n_samples": cfg.rollout.n_samples,
+            "max_new_tokens": cfg.rollout.max_new_tokens,
+            "kv_cache_gib": cfg.rollout.kv_cache_gib,
+            "quick": args.quick,
+        },
+        "skipped": {},
+    }
     result["setting"].update(start_ray(num_cpus=os.cpu_count() or 2, threads_per_actor=args.threads))
 
     def fits(part: str) -> bool:
@@ -82,7 +110,10 @@ def main(argv=None) -> None:
     save = lambda: write_part(args.out, f"rig-{args.model}", {**result, "wall_s": time.perf_counter() - t_start})  # noqa: E731
     rig = Rig(cfg, with_rm=need_rm)
     result["startup_s"] = rig.startup_s
-    print(f"[rig] {args.model} summarizer ({result['setting']['parameters']:,} params): actors up in {rig.startup_s:.1f} s", flush=True)
+    print(
+        f"[rig] {args.model} summarizer ({result['setting']['parameters']:,} params): actors up in {rig.startup_s:.1f} s",
+        flush=True,
+    )
     spec, its, source = None, None, None
     try:  # the part file is rewritten after each part: a process stopped at its time limit keeps what it measured
         if "rollout" in parts and fits("rollout"):
@@ -91,9 +122,14 @@ def main(argv=None) -> None:
         if "grpo" in parts and fits("grpo"):
             spec = grpo_vs_trl.workload(rig, sizes["grpo_steps"][q])
             ours, grpo_its = grpo_vs_trl.run_ours(rig, spec)
-            result["grpo"] = grpo_vs_trl.compare(args.model, result["setting"]["parameters"], spec, ours,
-                                                 {"skipped": "TRL's side did not run (stopped at the time limit)",
-                                                  "pending": True}, quiet=True)
+            result["grpo"] = grpo_vs_trl.compare(
+                args.model,
+                result["setting"]["parameters"],
+                spec,
+                ours,
+                {"skipped": "TRL's side did not run (stopped at the time limit)", "pending": True},
+                quiet=True,
+            )
             its, source = grpo_its, "GRPO steps (text reward, no reward-model phases)"
             save()
         if {"weight_sync", "arrow"} & set(parts) and plus_its and fits("plus_iterations"):
@@ -120,7 +156,9 @@ def main(argv=None) -> None:
     if spec is not None:
         budget = min(1800.0, max(60.0, args.deadline_s - (time.perf_counter() - t_start) + 120))
         trl = grpo_vs_trl.run_trl(spec, timeout_s=budget, threads=args.threads)
-        result["grpo"] = grpo_vs_trl.compare(args.model, result["setting"]["parameters"], spec, result["grpo"]["ours"], trl)
+        result["grpo"] = grpo_vs_trl.compare(
+            args.model, result["setting"]["parameters"], spec, result["grpo"]["ours"], trl
+        )
     if "grpo" in result:
         result["grpo"]["threads"] = args.threads
     save()

@@ -32,11 +32,19 @@ def measure(rig, batches: list[int], rounds: dict[int, int]) -> dict:
     engine = VllmEngine(cfg.models.summarizer, cfg.rollout, cfg.models.dtype, cfg.seed)
     direct_start_s = time.perf_counter() - t0
     kv = kv_cache_report(engine, cfg)
-    out = {"setting": {"model": str(cfg.models.summarizer), "n_samples": cfg.rollout.n_samples,
-                       "max_new_tokens": cfg.rollout.max_new_tokens, "temperature": cfg.rollout.temperature,
-                       "prefix_caching": cfg.rollout.enable_prefix_caching,
-                       "rollout_actor_cpus": cfg.rollout_resources.num_cpus, "direct_engine_start_s": round(direct_start_s, 1)},
-           "kv_cache": kv, "batches": []}
+    out = {
+        "setting": {
+            "model": str(cfg.models.summarizer),
+            "n_samples": cfg.rollout.n_samples,
+            "max_new_tokens": cfg.rollout.max_new_tokens,
+            "temperature": cfg.rollout.temperature,
+            "prefix_caching": cfg.rollout.enable_prefix_caching,
+            "rollout_actor_cpus": cfg.rollout_resources.num_cpus,
+            "direct_engine_start_s": round(direct_start_s, 1),
+        },
+        "kv_cache": kv,
+        "batches": [],
+    }
     next_row = 0
     try:
         for B in batches:
@@ -48,11 +56,11 @@ def measure(rig, batches: list[int], rounds: dict[int, int]) -> dict:
                 req = rollout_requests(rig.requests, rows, cfg.seed, 10_000 + r)
                 prompts, seeds = req.column("prompt_token_ids").to_pylist(), req.column("seed").to_pylist()
 
-                def direct():
+                def direct(prompts=prompts, seeds=seeds):
                     ts = time.perf_counter()
                     return engine.generate(prompts, seeds), time.perf_counter() - ts
 
-                def pipeline():
+                def pipeline(rows=rows, r=r):
                     ts = time.perf_counter()
                     req2 = rollout_requests(rig.requests, rows, cfg.seed, 10_000 + r)  # the pipeline builds its batch
                     return ray.get(rig.rollout.generate.remote(req2)), time.perf_counter() - ts
@@ -67,13 +75,17 @@ def measure(rig, batches: list[int], rounds: dict[int, int]) -> dict:
                 p_tok = sum(len(t) for t in table.column("summary_token_ids").to_pylist())
                 same = [s.token_ids for per in samples for s in per] == table.column("summary_token_ids").to_pylist()
                 cells["direct"].append({"s": direct_s, "summaries": sum(map(len, samples)), "tokens": d_tok})
-                cells["pipeline"].append({"s": pipe_s, "summaries": table.num_rows, "tokens": p_tok, "same_tokens": same})
+                cells["pipeline"].append(
+                    {"s": pipe_s, "summaries": table.num_rows, "tokens": p_tok, "same_tokens": same}
+                )
             out["batches"].append(_summarize(B, cells))
             b = out["batches"][-1]
-            print(f"[rollout] {B} contexts × {cfg.rollout.n_samples}: direct {b['direct_summaries_per_s']:.1f}/s, "
-                  f"pipeline {b['pipeline_summaries_per_s']:.1f}/s → ratio {b['ratio_summaries_per_s']:.3f} "
-                  f"(tokens/s ratio {b['ratio_tokens_per_s']:.3f}; identical samples in {b['identical_rounds']}/{b['rounds']} rounds)",
-                  flush=True)
+            print(
+                f"[rollout] {B} contexts × {cfg.rollout.n_samples}: direct {b['direct_summaries_per_s']:.1f}/s, "
+                f"pipeline {b['pipeline_summaries_per_s']:.1f}/s → ratio {b['ratio_summaries_per_s']:.3f} "
+                f"(tokens/s ratio {b['ratio_tokens_per_s']:.3f}; identical samples in {b['identical_rounds']}/{b['rounds']} rounds)",
+                flush=True,
+            )
     finally:
         _shutdown(engine)
     return out
@@ -85,12 +97,18 @@ def _summarize(B: int, cells: dict) -> dict:
     dsum, psum = sum(c["summaries"] for c in d), sum(c["summaries"] for c in p)
     dtok, ptok = sum(c["tokens"] for c in d), sum(c["tokens"] for c in p)
     return {
-        "contexts": B, "rounds": len(d), "direct_s": [round(c["s"], 4) for c in d], "pipeline_s": [round(c["s"], 4) for c in p],
-        "direct_summaries_per_s": dsum / ds, "pipeline_summaries_per_s": psum / ps,
-        "direct_tokens_per_s": dtok / ds, "pipeline_tokens_per_s": ptok / ps,
+        "contexts": B,
+        "rounds": len(d),
+        "direct_s": [round(c["s"], 4) for c in d],
+        "pipeline_s": [round(c["s"], 4) for c in p],
+        "direct_summaries_per_s": dsum / ds,
+        "pipeline_summaries_per_s": psum / ps,
+        "direct_tokens_per_s": dtok / ds,
+        "pipeline_tokens_per_s": ptok / ps,
         # headline: medians of the per-call times (every call makes B × n summaries), robust to one noisy call
         "ratio_summaries_per_s": _median([c["s"] for c in d]) / _median([c["s"] for c in p]),
-        "ratio_summaries_per_s_totals": (psum / ps) / (dsum / ds), "ratio_tokens_per_s": (ptok / ps) / (dtok / ds),
+        "ratio_summaries_per_s_totals": (psum / ps) / (dsum / ds),
+        "ratio_tokens_per_s": (ptok / ps) / (dtok / ds),
         "overhead_s_per_call": _median([c["s"] for c in p]) - _median([c["s"] for c in d]),
         "identical_rounds": sum(c["same_tokens"] for c in p),
         "target": 0.9,
@@ -113,7 +131,8 @@ def kv_cache_report(engine, cfg) -> dict:
         "config_kv_cache_gib": cfg.rollout.kv_cache_gib,
         "vllm_kv_cache_memory_gib": round(reserved / 2**30, 4) if reserved else None,
         "sized_from_config": reserved == int(cfg.rollout.kv_cache_gib * 2**30),
-        "num_blocks": cc.num_gpu_blocks, "block_size_tokens": cc.block_size,
+        "num_blocks": cc.num_gpu_blocks,
+        "block_size_tokens": cc.block_size,
         "token_capacity": (cc.num_gpu_blocks or 0) * cc.block_size,
         "host_ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "share_of_host_ram": round(reserved / psutil.virtual_memory().total, 4) if reserved else None,

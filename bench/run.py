@@ -34,7 +34,10 @@ from pathlib import Path
 from bench.common import DEMO_DATA, DEMO_MODELS, ROOT, setting
 
 BENCHMARKS = ("rollout", "weight_sync", "arrow", "phases", "grpo", "serve", "scaling", "memory")
-RIG_PARTS = {"demo": ("rollout", "grpo", "weight_sync", "arrow", "scaling"), "bench": ("rollout", "grpo", "weight_sync", "arrow")}
+RIG_PARTS = {
+    "demo": ("rollout", "grpo", "weight_sync", "arrow", "scaling"),
+    "bench": ("rollout", "grpo", "weight_sync", "arrow"),
+}
 # per-process time limits, seconds (full run: together ≤ 21 min; --quick: generous, it is a smoke test on a
 # machine other jobs may be loading — a limit there only stops a hung process)
 LIMITS = {"phases": (240, 300), "rig-demo": (420, 480), "rig-bench": (420, 0), "serve": (180, 240)}
@@ -65,8 +68,9 @@ def ensure_demo_inputs(log) -> None:
 def _run(cmd: list[str], log, timeout: float | None = None) -> int:
     """Run from the repo root; every line to the log, the benchmark's own lines ("[...]") to the console.
     Past ``timeout`` the whole process group (its Ray and engine processes too) is killed."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
     def pump() -> None:
         for line in proc.stdout:
@@ -94,7 +98,9 @@ def main(argv=None) -> Path:
     p.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="results directory")
     p.add_argument("--no-trl", action="store_true", help="do not install TRL's environment if it is missing")
-    p.add_argument("--threads", type=int, default=1, help="OpenMP threads per actor, and for TRL (see bench/rig_suite.py)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="OpenMP threads per actor, and for TRL (see bench/rig_suite.py)"
+    )
     args = p.parse_args(argv)
     only = {x for x in args.only.split(",") if x}
     if unknown := only - set(BENCHMARKS):
@@ -105,7 +111,14 @@ def main(argv=None) -> Path:
     parts_dir = out_dir / f"{stamp}-parts"
     parts_dir.mkdir()
     t0 = time.perf_counter()
-    results = {"stamp": stamp, "quick": args.quick, "only": sorted(only), "setting": setting(), "parts": {}, "failed": {}}
+    results = {
+        "stamp": stamp,
+        "quick": args.quick,
+        "only": sorted(only),
+        "setting": setting(),
+        "parts": {},
+        "failed": {},
+    }
     with open(out_dir / f"{stamp}.log", "w") as log:
         ensure_demo_inputs(log)
         if "grpo" in only and not args.quick and not args.no_trl:
@@ -117,7 +130,12 @@ def main(argv=None) -> Path:
             part = parts_dir / f"{name}.json"
             cmd = [sys.executable, "-m", *module, "--out", str(part)] + (["--quick"] if args.quick else [])
             if name.startswith("rig-"):
-                cmd += ["--deadline-s", str(int(limit * 0.55)), "--threads", str(args.threads)]  # parts start before this; TRL and shutdown after
+                cmd += [
+                    "--deadline-s",
+                    str(int(limit * 0.55)),
+                    "--threads",
+                    str(args.threads),
+                ]  # parts start before this; TRL and shutdown after
             print(f"== {name} (limit {limit} s)", flush=True)
             t = time.perf_counter()
             rc = _run(cmd, log, timeout=limit)
@@ -134,8 +152,11 @@ def main(argv=None) -> Path:
     from bench.report import render
 
     md = render(path)
-    print(f"== done in {results['wall_s'] / 60:.1f} min: {path}, {md}" +
-          (f"; FAILED: {', '.join(results['failed'])}" if results["failed"] else ""), flush=True)
+    print(
+        f"== done in {results['wall_s'] / 60:.1f} min: {path}, {md}"
+        + (f"; FAILED: {', '.join(results['failed'])}" if results["failed"] else ""),
+        flush=True,
+    )
     return path
 
 

@@ -34,18 +34,27 @@ def _cell(rig, axis: str, value, iters: int, first_it: int, **kw) -> dict:
     users = kw.pop("users", rig.cfg.users_per_iter)
     res = run_iterations(rig, iters, users, first_it=first_it, **kw)
     phases = sorted(res[0]["phases"])
-    cell = {"axis": axis, "value": value, "users": users, "iterations": iters,
-            "iteration_s": median(r["wall_s"] for r in res),
-            "phases_s": {p: median(r["phases"][p] for r in res) for p in phases},
-            "summaries": res[0]["summaries"], "prompt_tokens_mean": float(np.mean([r["prompt_tokens_mean"] for r in res])),
-            "summary_tokens_mean": float(np.mean([r["summary_tokens_mean"] for r in res]))}
-    print(f"[scaling] {axis}={value}: {cell['iteration_s']:.2f} s/iteration ({users} users, prompt "
-          f"{cell['prompt_tokens_mean']:.0f} tok, summary {cell['summary_tokens_mean']:.1f} tok)", flush=True)
+    cell = {
+        "axis": axis,
+        "value": value,
+        "users": users,
+        "iterations": iters,
+        "iteration_s": median(r["wall_s"] for r in res),
+        "phases_s": {p: median(r["phases"][p] for r in res) for p in phases},
+        "summaries": res[0]["summaries"],
+        "prompt_tokens_mean": float(np.mean([r["prompt_tokens_mean"] for r in res])),
+        "summary_tokens_mean": float(np.mean([r["summary_tokens_mean"] for r in res])),
+    }
+    print(
+        f"[scaling] {axis}={value}: {cell['iteration_s']:.2f} s/iteration ({users} users, prompt "
+        f"{cell['prompt_tokens_mean']:.0f} tok, summary {cell['summary_tokens_mean']:.1f} tok)",
+        flush=True,
+    )
     return cell
 
 
 def measure(rig, users: list[int], context_pairs: list[int], summary_caps: list[int], iters: int) -> dict:
-    from jobs.summarize import PromptTooLong, build_requests
+    from rlhf_cluster.prompts import PromptTooLong, build_requests
 
     base_pairs = len(rig.train.column("context")[0].as_py())
     base_users, base_cap = rig.cfg.users_per_iter, rig.cfg.rollout.max_new_tokens
@@ -74,5 +83,9 @@ def measure(rig, users: list[int], context_pairs: list[int], summary_caps: list[
             rig.ray.get(rig.rollout.generate.remote(rig.requests.slice(0, base_users)))  # warm-up, weights unchanged
         cells.append(_cell(rig, "max_new_tokens", cap, iters, it))
         it += iters
-    return {"base": {"users": base_users, "context_pairs": base_pairs, "max_new_tokens": base_cap}, "cells": cells,
-            "rollout_restart_s": restarts, "iterations_per_cell": iters}
+    return {
+        "base": {"users": base_users, "context_pairs": base_pairs, "max_new_tokens": base_cap},
+        "cells": cells,
+        "rollout_restart_s": restarts,
+        "iterations_per_cell": iters,
+    }

@@ -27,7 +27,9 @@ def usable() -> str | None:
     """None if bench/serve_load.py exists and answers --help; else why not."""
     if not SCRIPT.is_file():
         return f"{SCRIPT.relative_to(ROOT)} is missing"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     return None if proc.returncode == 0 else f"serve_load.py --help exited {proc.returncode}: {proc.stderr[-500:]}"
 
 
@@ -42,8 +44,11 @@ def main(argv=None) -> None:
         print(f"[serve] skipped: {why}", flush=True)
         write_part(args.out, "serve", {"skipped": why})
         return
-    cells = (["--concurrency", "1", "8", "--replicas", "1", "--duration", "1", "--warmup", "0.5"] if args.quick else
-             ["--concurrency", "1", "8", "32", "--replicas", "1", "2", "--duration", "5", "--warmup", "1.5"])
+    cells = (
+        ["--concurrency", "1", "8", "--replicas", "1", "--duration", "1", "--warmup", "0.5"]
+        if args.quick
+        else ["--concurrency", "1", "8", "32", "--replicas", "1", "2", "--duration", "5", "--warmup", "1.5"]
+    )
     before = setting()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "serve_load.json"
@@ -67,10 +72,20 @@ def main(argv=None) -> None:
         if line.startswith(("  concurrency", "replicas", "reward-model replicas")):
             print(f"[serve] {line.strip()}", flush=True)
     mem = sampler.report()
-    print(f"[memory] Serve app (+ clients) peak PSS {mem['peak_pss_sum_gib']:.2f} GiB (RSS sum {mem['peak_rss_sum_gib']:.2f} GiB)",
-          flush=True)
-    write_part(args.out, "serve", {"setting": {**before, **load["setting"]}, "cells": load["results"],
-                                   "memory": mem, "wall_s": time.perf_counter() - t0})
+    print(
+        f"[memory] Serve app (+ clients) peak PSS {mem['peak_pss_sum_gib']:.2f} GiB (RSS sum {mem['peak_rss_sum_gib']:.2f} GiB)",
+        flush=True,
+    )
+    write_part(
+        args.out,
+        "serve",
+        {
+            "setting": {**before, **load["setting"]},
+            "cells": load["results"],
+            "memory": mem,
+            "wall_s": time.perf_counter() - t0,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-for key, value in (("RAY_AUTH_MODE", "disabled"), ("RAY_USAGE_STATS_ENABLED", "0"), ("TOKENIZERS_PARALLELISM", "false")):
+for key, value in (
+    ("RAY_AUTH_MODE", "disabled"),
+    ("RAY_USAGE_STATS_ENABLED", "0"),
+    ("TOKENIZERS_PARALLELISM", "false"),
+):
     os.environ.setdefault(key, value)
 
 import numpy as np  # noqa: E402
@@ -46,22 +50,37 @@ RESPONSES = [
     "Use a spray bottle every time, it is quick and the pet will soon stop doing it.",
     "Keep a diary of when it happens, then change the routine around those times.",
 ]
-SUMMARIES = ["Prefers gentle, harmless advice.", "Wants the most helpful answer, even if blunt.",
-             "Owns a cat and dislikes punishment.", "Likes short answers about dogs."]
+SUMMARIES = [
+    "Prefers gentle, harmless advice.",
+    "Wants the most helpful answer, even if blunt.",
+    "Owns a cat and dislikes punishment.",
+    "Likes short answers about dogs.",
+]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--run-dir", help="a jobs.plus / jobs.train_rm run directory to serve")
-    src.add_argument("--reward-model", default=str(ROOT / "runs/demo/models/reward_model"),
-                     help="a reward checkpoint (default: the demo's tiny backbone, untrained head)")
+    src.add_argument(
+        "--reward-model",
+        default=str(ROOT / "runs/demo/models/reward_model"),
+        help="a reward checkpoint (default: the demo's tiny backbone, untrained head)",
+    )
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="client threads per cell")
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2], help="reward-model replica counts to compare")
     p.add_argument("--duration", type=float, default=8.0, help="measured seconds per cell")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each cell")
-    p.add_argument("--responses", type=int, default=4, choices=range(1, len(RESPONSES) + 1), metavar="N",
-                   help=f"responses per request (1–{len(RESPONSES)})")
+    p.add_argument(
+        "--responses",
+        type=int,
+        default=4,
+        choices=range(1, len(RESPONSES) + 1),
+        metavar="N",
+        help=f"responses per request (1–{len(RESPONSES)})",
+    )
     p.add_argument("--users", type=int, default=16, help="users with a stored summary (requests cycle through them)")
     p.add_argument("--replica-cpus", type=float, default=0.5, help="num_cpus of each reward-model replica")
     p.add_argument("--max-batch-size", type=int, default=64, help="reward-model serve.batch size, in responses")
@@ -82,12 +101,18 @@ def free_port() -> int:
 def app_args(args, replicas: int, store: Path) -> dict:
     source = {"run_dir": args.run_dir} if args.run_dir else {"models": {"reward_model": args.reward_model}}
     return {
-        **source, "store_path": str(store), "auth": {"token": TOKEN},
-        "deployments": {"reward_model": {
-            "num_replicas": replicas, "resources": {"num_cpus": args.replica_cpus},
-            "max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_s,
-            "max_ongoing_requests": max(64, args.max_batch_size),
-        }},
+        **source,
+        "store_path": str(store),
+        "auth": {"token": TOKEN},
+        "deployments": {
+            "reward_model": {
+                "num_replicas": replicas,
+                "resources": {"num_cpus": args.replica_cpus},
+                "max_batch_size": args.max_batch_size,
+                "batch_wait_timeout_s": args.batch_wait_s,
+                "max_ongoing_requests": max(64, args.max_batch_size),
+            }
+        },
     }
 
 
@@ -144,10 +169,17 @@ def main(argv=None) -> dict:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     setting = {
-        "cpus": os.cpu_count(), "ray_cpus": cluster.get("CPU"), "source": args.run_dir or args.reward_model,
-        "responses_per_request": args.responses, "users": args.users, "duration_s": args.duration,
-        "warmup_s": args.warmup, "replica_cpus": args.replica_cpus, "max_batch_size": args.max_batch_size,
-        "batch_wait_s": args.batch_wait_s, "client": "threads in this process, one keep-alive session each",
+        "cpus": os.cpu_count(),
+        "ray_cpus": cluster.get("CPU"),
+        "source": args.run_dir or args.reward_model,
+        "responses_per_request": args.responses,
+        "users": args.users,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "replica_cpus": args.replica_cpus,
+        "max_batch_size": args.max_batch_size,
+        "batch_wait_s": args.batch_wait_s,
+        "client": "threads in this process, one keep-alive session each",
         "load_avg_1m_at_start": round(os.getloadavg()[0], 2),  # the machine may be shared: read cells with it
     }
     print("setting: " + ", ".join(f"{k}={v}" for k, v in setting.items()), flush=True)
@@ -156,7 +188,11 @@ def main(argv=None) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             for replicas in args.replicas:
                 t0 = time.perf_counter()
-                serve.run(build_app(app_args(args, replicas, Path(tmp) / f"store-{replicas}.sqlite")), name=APP, route_prefix="/")
+                serve.run(
+                    build_app(app_args(args, replicas, Path(tmp) / f"store-{replicas}.sqlite")),
+                    name=APP,
+                    route_prefix="/",
+                )
                 with ServeClient(url, token=TOKEN) as client:
                     for u in range(args.users):
                         client.set_summary(f"user-{u}", SUMMARIES[u % len(SUMMARIES)])
@@ -164,9 +200,12 @@ def main(argv=None) -> dict:
                 for concurrency in args.concurrency:
                     cell = {"replicas": replicas, **run_cell(url, args, concurrency)}
                     results.append(cell)
-                    print(f"  concurrency {concurrency:>3}: {cell['requests_per_s']:>7.1f} req/s "
-                          f"({cell['responses_per_s']:.0f} responses/s)  p50 {cell['p50_ms']} ms  p99 {cell['p99_ms']} ms"
-                          + (f"  errors {cell['errors']} (first: {cell['first_error']})" if cell["errors"] else ""), flush=True)
+                    print(
+                        f"  concurrency {concurrency:>3}: {cell['requests_per_s']:>7.1f} req/s "
+                        f"({cell['responses_per_s']:.0f} responses/s)  p50 {cell['p50_ms']} ms  p99 {cell['p99_ms']} ms"
+                        + (f"  errors {cell['errors']} (first: {cell['first_error']})" if cell["errors"] else ""),
+                        flush=True,
+                    )
                 serve.delete(APP)
     finally:
         serve.shutdown()
@@ -186,8 +225,10 @@ def _print_replica_effect(results: list[dict]) -> None:
     for r in results:
         b = base.get(r["concurrency"])
         if r["replicas"] != results[0]["replicas"] and b and b["requests_per_s"]:
-            print(f"replicas {r['replicas']} vs {b['replicas']} at concurrency {r['concurrency']}: "
-                  f"{r['requests_per_s'] / b['requests_per_s']:.2f}× req/s, p99 {r['p99_ms']} vs {b['p99_ms']} ms")
+            print(
+                f"replicas {r['replicas']} vs {b['replicas']} at concurrency {r['concurrency']}: "
+                f"{r['requests_per_s'] / b['requests_per_s']:.2f}× req/s, p99 {r['p99_ms']} vs {b['p99_ms']} ms"
+            )
 
 
 if __name__ == "__main__":

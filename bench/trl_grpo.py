@@ -27,37 +27,65 @@ from transformers import TrainerCallback  # noqa: E402  (TRL's environment: this
 def main(spec_path: str, out_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     import torch
-    import trl
     import transformers
+    import trl
     from datasets import Dataset
+    from text_reward import trl_reward
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
-
-    from text_reward import trl_reward
 
     torch.manual_seed(spec["seed"])
     tokenizer = AutoTokenizer.from_pretrained(spec["model"], local_files_only=True)
     tokenizer.padding_side = "left"
-    ids = [tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-           for m in spec["messages"]]
+    ids = [
+        tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        for m in spec["messages"]
+    ]
     same_tokens = ids == spec["prompt_token_ids"]
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32, local_files_only=True)
     per_step = spec["contexts_per_step"] * spec["n_samples"]
     with tempfile.TemporaryDirectory() as tmp:
         args = GRPOConfig(
-            output_dir=tmp, use_cpu=True, seed=spec["seed"], report_to=[], save_strategy="no", logging_steps=1,
-            max_steps=spec["steps"], per_device_train_batch_size=per_step, gradient_accumulation_steps=1,
-            num_generations=spec["n_samples"], steps_per_generation=1, num_iterations=1,
-            max_completion_length=spec["max_new_tokens"], temperature=spec["temperature"], top_p=1.0,
-            beta=spec["kl_coef"], epsilon=spec["clip_eps"], learning_rate=spec["lr"], lr_scheduler_type="constant",
-            warmup_steps=0, max_grad_norm=spec["grad_clip"], dataloader_num_workers=0, disable_tqdm=True,
+            output_dir=tmp,
+            use_cpu=True,
+            seed=spec["seed"],
+            report_to=[],
+            save_strategy="no",
+            logging_steps=1,
+            max_steps=spec["steps"],
+            per_device_train_batch_size=per_step,
+            gradient_accumulation_steps=1,
+            num_generations=spec["n_samples"],
+            steps_per_generation=1,
+            num_iterations=1,
+            max_completion_length=spec["max_new_tokens"],
+            temperature=spec["temperature"],
+            top_p=1.0,
+            beta=spec["kl_coef"],
+            epsilon=spec["clip_eps"],
+            learning_rate=spec["lr"],
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            max_grad_norm=spec["grad_clip"],
+            dataloader_num_workers=0,
+            disable_tqdm=True,
             # TRL's defaults changed to run what ours runs: fp32, no activation checkpointing, our data order
-            **{"bf16": False, "gradient_checkpointing": False, "shuffle_dataset": False, **spec.get("trl_overrides", {})},
+            **{
+                "bf16": False,
+                "gradient_checkpointing": False,
+                "shuffle_dataset": False,
+                **spec.get("trl_overrides", {}),
+            },
         )
         timer = StepTimer()
-        trainer = GRPOTrainer(model=model, reward_funcs=trl_reward, args=args, processing_class=tokenizer,
-                              train_dataset=Dataset.from_list([{"prompt": m} for m in spec["messages"]]),
-                              callbacks=[timer])
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=trl_reward,
+            args=args,
+            processing_class=tokenizer,
+            train_dataset=Dataset.from_list([{"prompt": m} for m in spec["messages"]]),
+            callbacks=[timer],
+        )
         _time_method(trainer, "_generate", timer.generate)
         _time_method(trainer, "_generate_and_score_completions", timer.generate_and_score)
         t0 = time.perf_counter()
@@ -68,7 +96,9 @@ def main(spec_path: str, out_path: str) -> None:
         "torch_threads": torch.get_num_threads(),
         "prompt_tokens_match_ours": same_tokens,
         "prompt_tokens_mean": sum(map(len, ids)) / len(ids),
-        "step_s": timer.steps, "generate_s": timer.generate, "generate_and_score_s": timer.generate_and_score,
+        "step_s": timer.steps,
+        "generate_s": timer.generate,
+        "generate_and_score_s": timer.generate_and_score,
         "completion_tokens_mean": [h.get("completions/mean_length") for h in trainer.state.log_history if "loss" in h],
         "train_wall_s": total,
     }

@@ -19,9 +19,12 @@ def summarize(iterations: list[dict], label: str) -> dict:
     syncs = [it["sync"] for it in its]
     total = median(s["total_s"] for s in syncs)
     out = {
-        "model": label, "iterations": len(its), "bytes": syncs[0]["bytes"],
+        "model": label,
+        "iterations": len(its),
+        "bytes": syncs[0]["bytes"],
         "mib": round(syncs[0]["bytes"] / 2**20, 2),
-        "sync_s": total, "gather_s": median(s["gather_s"] for s in syncs),
+        "sync_s": total,
+        "gather_s": median(s["gather_s"] for s in syncs),
         "push_and_load_s": median(s["push_and_load_s"] for s in syncs),
         "engine_load_s": median(s["engine_load_s"] for s in syncs),
         "transfer_s": median(s["push_and_load_s"] - s["engine_load_s"] for s in syncs),
@@ -30,8 +33,11 @@ def summarize(iterations: list[dict], label: str) -> dict:
         "share_of_iteration": median(it["sync"]["total_s"] / it["wall_s"] for it in its),
         "target_share": 0.05,
     }
-    print(f"[weight_sync] {label}: {out['mib']} MiB in {total * 1e3:.0f} ms ({out['bytes_per_s'] / 2**20:.0f} MiB/s; "
-          f"gather {out['gather_s'] * 1e3:.0f} ms, push {out['transfer_s'] * 1e3:.0f} ms, engine load "
-          f"{out['engine_load_s'] * 1e3:.0f} ms) = {out['share_of_iteration']:.1%} of a {out['iteration_s']:.2f} s iteration "
-          f"(target ≤ 5 %)", flush=True)
+    print(
+        f"[weight_sync] {label}: {out['mib']} MiB in {total * 1e3:.0f} ms ({out['bytes_per_s'] / 2**20:.0f} MiB/s; "
+        f"gather {out['gather_s'] * 1e3:.0f} ms, push {out['transfer_s'] * 1e3:.0f} ms, engine load "
+        f"{out['engine_load_s'] * 1e3:.0f} ms) = {out['share_of_iteration']:.1%} of a {out['iteration_s']:.2f} s iteration "
+        f"(target ≤ 5 %)",
+        flush=True,
+    )
     return out

@@ -63,7 +63,9 @@ class Service(Protocol):
 
     store: SummaryStore
 
-    async def summarize(self, context: list[dict], context_messages: list[dict], max_context_pairs: int | None) -> str: ...
+    async def summarize(
+        self, context: list[dict], context_messages: list[dict], max_context_pairs: int | None
+    ) -> str: ...
 
     async def context_conditioning(self, body: Any) -> tuple[str, str]: ...  # (text, "summarized" | "context")
 
@@ -95,7 +97,9 @@ class Bodies:
 def request_bodies(limits: ServeLimits) -> Bodies:
     """Request body classes whose limits (text length, list sizes) come from ``limits``."""
     Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_text_chars), AfterValidator(_not_blank)]
-    UserId = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_user_id_chars, pattern=USER_ID_PATTERN)]
+    UserId = Annotated[
+        str, StringConstraints(min_length=1, max_length=limits.max_user_id_chars, pattern=USER_ID_PATTERN)
+    ]
 
     class Pair(Body):
         prompt: Text
@@ -142,7 +146,9 @@ def request_bodies(limits: ServeLimits) -> Bodies:
 
         @model_validator(mode="after")
         def _exactly_one_conditioning(self):
-            given = [n for n, v in (("user_id", self.user_id), ("summary", self.summary), ("context", self.has_context)) if v]
+            given = [
+                n for n, v in (("user_id", self.user_id), ("summary", self.summary), ("context", self.has_context)) if v
+            ]
             if len(given) != 1:
                 got = ", ".join(given) if given else "none"
                 raise ValueError(f"give exactly one of user_id, summary or context (context_messages); got {got}")
@@ -238,7 +244,9 @@ def _summary_routes(router: APIRouter, service: Service, bodies: Bodies) -> None
     @router.post("/summaries", response_model=SummarizeOut)
     async def summarize(body: bodies.Summarize):
         text = await service.summarize(
-            [p.model_dump() for p in body.context], [m.model_dump() for m in body.context_messages], body.max_context_pairs
+            [p.model_dump() for p in body.context],
+            [m.model_dump() for m in body.context_messages],
+            body.max_context_pairs,
         )
         if body.user_id is not None:
             await asyncio.to_thread(store.put, body.user_id, text, "summarizer")
@@ -291,8 +299,10 @@ async def _stored(store: SummaryStore, user_id: str) -> StoredSummary:
 
 def _unknown_user(user_id: str) -> ApiError:
     return ApiError(
-        404, f"no stored summary for user_id {user_id!r}; store one with PUT /v1/users/{user_id}/summary or "
-        "POST /v1/summaries with a user_id", field="user_id",
+        404,
+        f"no stored summary for user_id {user_id!r}; store one with PUT /v1/users/{user_id}/summary or "
+        "POST /v1/summaries with a user_id",
+        field="user_id",
     )
 
 
@@ -346,7 +356,7 @@ async def _unexpected_error(_request, exc: Exception) -> JSONResponse:
 
 def _route_path(scope) -> str:
     path, root = scope.get("path", ""), scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 async def _reply(scope, receive, send, status: int, detail: str, headers: dict | None = None) -> None:
@@ -373,7 +383,9 @@ class BearerAuth:
         scheme, _, given = header.partition(b" ")
         challenge = {"WWW-Authenticate": "Bearer"}
         if scheme.lower() != b"bearer" or not given.strip():
-            return await _reply(scope, receive, send, 401, "missing bearer token: send 'Authorization: Bearer <token>'", challenge)
+            return await _reply(
+                scope, receive, send, 401, "missing bearer token: send 'Authorization: Bearer <token>'", challenge
+            )
         if not hmac.compare_digest(given.strip(), self.token):
             return await _reply(scope, receive, send, 401, "invalid bearer token", challenge)
         await self.app(scope, receive, send)
@@ -404,7 +416,13 @@ class BodyGuard:
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as err:
-            return await _reply(scope, receive, send, 400, f"request body is not valid UTF-8: byte {body[err.start]:#04x} at position {err.start}")
+            return await _reply(
+                scope,
+                receive,
+                send,
+                400,
+                f"request body is not valid UTF-8: byte {body[err.start]:#04x} at position {err.start}",
+            )
         await self.app(scope, _replay(body, receive), send)
 
     async def _read(self, receive) -> bytes | None:
@@ -439,4 +457,3 @@ def _replay(body: bytes, receive):
         return await receive()  # after the body: the real stream (http.disconnect)
 
     return replay
-

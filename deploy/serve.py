@@ -25,8 +25,9 @@ import json
 import os
 import sqlite3
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from pydantic import SecretStr, ValidationError
@@ -213,10 +214,12 @@ class Summarizer:
         messages = summarizer_messages({"context": job.context, "context_messages": job.context_messages}, pairs)
         ids = await asyncio.to_thread(chat_token_ids, self.tokenizer, messages)  # long contexts: off the loop
         if len(ids) > self.budget:
-            return SummaryResult(error=(
-                f"the summarizer prompt for this context is {len(ids)} tokens; at most {self.budget} fit "
-                "(rollout.max_model_len − rollout.max_new_tokens): send fewer or shorter items, or set max_context_pairs"
-            ))
+            return SummaryResult(
+                error=(
+                    f"the summarizer prompt for this context is {len(ids)} tokens; at most {self.budget} fit "
+                    "(rollout.max_model_len − rollout.max_new_tokens): send fewer or shorter items, or set max_context_pairs"
+                )
+            )
         return SummaryResult(text=await self.generate(ids))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
@@ -276,9 +279,11 @@ class RewardModel:
         cond, prompts, responses = (list(col) for col in zip(*flat))
         enc = encode_sequences(self.tokenizer, cond, prompts, responses, self.max_length, self.truncation_side)
         with torch.inference_mode():
-            rewards = sequence_rewards(
-                self.model, enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
-            ).cpu().tolist()
+            rewards = (
+                sequence_rewards(self.model, enc.input_ids.to(self.device), enc.attention_mask.to(self.device))
+                .cpu()
+                .tolist()
+            )
         results, start = [], 0
         for job in jobs:
             end = start + len(job.responses)
@@ -312,8 +317,12 @@ class Ingress:
 
     async def summarize(self, context: list[dict], context_messages: list[dict], max_context_pairs: int | None) -> str:
         if self.summarizer is None:
-            raise ApiError(422, "this endpoint has no summarizer (start it with models.summarizer): "
-                           "send user_id or summary instead of a context", field="context")
+            raise ApiError(
+                422,
+                "this endpoint has no summarizer (start it with models.summarizer): "
+                "send user_id or summary instead of a context",
+                field="context",
+            )
         result = await self.summarizer.summarize.remote(SummaryJob(context, context_messages, max_context_pairs))
         if result.error:
             raise ApiError(422, result.error, field="context")
@@ -373,17 +382,24 @@ def build_app(args: Mapping[str, Any] | ServeConfig | None = None) -> Applicatio
     models = resolve_models(cfg)
     token = resolve_token(cfg.auth)
     if not has_reward_head(models.reward_model):
-        print(f"notice: {models.reward_model} is a bare backbone: its reward head is untrained (seed {cfg.seed})",
-              file=sys.stderr)
+        print(
+            f"notice: {models.reward_model} is a bare backbone: its reward head is untrained (seed {cfg.seed})",
+            file=sys.stderr,
+        )
     store_path = str(Path(cfg.store_path).expanduser().resolve())
     try:  # fail here, with the path, rather than in the ingress replica's constructor
         SummaryStore(store_path)
     except (OSError, sqlite3.Error) as err:
         raise ConfigError(f"  store_path {store_path}: cannot open the summary store: {err}") from None
-    print(f"serve: {models.source}; conditioning={models.conditioning}; summarizer="
-          f"{models.summarizer or 'none'} ({cfg.rollout.backend}); store {store_path}", flush=True)
+    print(
+        f"serve: {models.source}; conditioning={models.conditioning}; summarizer="
+        f"{models.summarizer or 'none'} ({cfg.rollout.backend}); store {store_path}",
+        flush=True,
+    )
     deps = cfg.deployments
-    reward_model = RewardModel.options(**_options(deps.reward_model)).bind(models, cfg.models.dtype, cfg.seed, deps.reward_model)
+    reward_model = RewardModel.options(**_options(deps.reward_model)).bind(
+        models, cfg.models.dtype, cfg.seed, deps.reward_model
+    )
     summarizer = None
     if models.summarizer:
         summarizer = Summarizer.options(**_options(deps.summarizer)).bind(

@@ -31,11 +31,20 @@ from rlhf_cluster.metrics import mean_ci95, summary_lines
 
 SUBSETS = ("all", "contested", "agreed")
 # "ceiling:" in every name: a group conditioned on the oracle description is also labelled "oracle".
-CEILINGS = {"oracle": "ceiling: oracle", "user_agnostic": "ceiling: user-agnostic",
-            "bayes_n_context": "ceiling: n-context Bayes"}
+CEILINGS = {
+    "oracle": "ceiling: oracle",
+    "user_agnostic": "ceiling: user-agnostic",
+    "bayes_n_context": "ceiling: n-context Bayes",
+}
 # Config keys that do not change what a run learns: where it ran, where it wrote, and the seed itself.
 NOT_GROUPING = (
-    "seed", "run_dir", "ray", "rank_resources", "rollout_resources", "deepspeed.backend", "checkpoint_every",
+    "seed",
+    "run_dir",
+    "ray",
+    "rank_resources",
+    "rollout_resources",
+    "deepspeed.backend",
+    "checkpoint_every",
 )
 
 
@@ -195,8 +204,12 @@ def cell(stat: dict | None) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# Comparison of {len(result['runs'])} runs ({result['eval_file']})", "",
-             "mean ± 95 % CI (Student t) over seeds; ceilings are the dataset's analytic ones.", ""]
+    lines = [
+        f"# Comparison of {len(result['runs'])} runs ({result['eval_file']})",
+        "",
+        "mean ± 95 % CI (Student t) over seeds; ceilings are the dataset's analytic ones.",
+        "",
+    ]
     for split in result["splits"]:
         lines += [f"## {split}", "", "| | all | contested | agreed | worst-decile user |", "|---|---|---|---|---|"]
         for g in result["groups"]:
@@ -229,16 +242,35 @@ def plot(result: dict, subset: str, path: Path) -> None:
         xs = [j - 0.4 + width * (i + 0.5) for j in range(len(splits))]
         n = len(g["runs"])
         # Muted bar colours, so the dark ceiling lines drawn over them stay visible.
-        bars = ax.bar(xs, [st["mean"] or 0.0 for st in stats], width * 0.9, color=plt.cm.Set2(i % 8),
-                      label=f"{g['label']} ({n} seed{'s' if n != 1 else ''})")
+        bars = ax.bar(
+            xs,
+            [st["mean"] or 0.0 for st in stats],
+            width * 0.9,
+            color=plt.cm.Set2(i % 8),
+            label=f"{g['label']} ({n} seed{'s' if n != 1 else ''})",
+        )
         with_ci = [(x, st) for x, st in zip(xs, stats) if st["ci95"] is not None]
         if with_ci:  # a single seed has no CI: no error bar rather than a misleading zero-width one
-            ax.errorbar([x for x, _ in with_ci], [st["mean"] for _, st in with_ci],
-                        yerr=[st["ci95"] for _, st in with_ci], fmt="none", ecolor="0.2", capsize=3, lw=1)
+            ax.errorbar(
+                [x for x, _ in with_ci],
+                [st["mean"] for _, st in with_ci],
+                yerr=[st["ci95"] for _, st in with_ci],
+                fmt="none",
+                ecolor="0.2",
+                capsize=3,
+                lw=1,
+            )
         for b, st in zip(bars, stats):
             if st["mean"] is not None:  # value at the foot of the bar, clear of error bars and ceilings
-                ax.text(b.get_x() + b.get_width() / 2, 0.015, f"{st['mean']:.2f}", ha="center", va="bottom",
-                        fontsize=7, color="black")
+                ax.text(
+                    b.get_x() + b.get_width() / 2,
+                    0.015,
+                    f"{st['mean']:.2f}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    color="black",
+                )
     _plot_ceilings(ax, result.get("ceilings") or {}, splits, subset)
     ax.axhline(0.5, color="0.6", lw=0.8, ls=":", label="chance")
     ax.set_xticks(range(len(splits)), [s.replace("_", " ") for s in splits])
@@ -253,8 +285,11 @@ def plot(result: dict, subset: str, path: Path) -> None:
 
 def _plot_ceilings(ax, ceilings: dict, splits: list[str], subset: str) -> None:
     # oracle drawn thick underneath, so a Bayes ceiling equal to it still shows as a line on top
-    styles = {"oracle": ("black", "-", 3.0), "user_agnostic": ("#b2182b", "--", 1.6),
-              "bayes_n_context": ("deepskyblue", "-.", 1.6)}
+    styles = {
+        "oracle": ("black", "-", 3.0),
+        "user_agnostic": ("#b2182b", "--", 1.6),
+        "bayes_n_context": ("deepskyblue", "-.", 1.6),
+    }
     for key, name in CEILINGS.items():
         color, ls, lw = styles[key]
         label = name  # only the first segment is labelled: the legend lists each ceiling once
@@ -273,16 +308,27 @@ def compare(cfg: CompareConfig) -> dict:
     splits = cfg.splits or all_splits(runs)
     groups = group_runs(runs)
     result = {
-        "eval_file": cfg.eval_file, "runs": [str(r.dir) for r in runs], "splits": splits,
-        "groups": [{"label": g.label, "runs": [str(r.dir) for r in g.runs], "seeds": g.seeds,
-                    "accuracy": aggregate(g, splits),
-                    "sample_summaries": g.runs[0].eval.get("sample_summaries") or {}} for g in groups],
+        "eval_file": cfg.eval_file,
+        "runs": [str(r.dir) for r in runs],
+        "splits": splits,
+        "groups": [
+            {
+                "label": g.label,
+                "runs": [str(r.dir) for r in g.runs],
+                "seeds": g.seeds,
+                "accuracy": aggregate(g, splits),
+                "sample_summaries": g.runs[0].eval.get("sample_summaries") or {},
+            }
+            for g in groups
+        ],
         "ceilings": pick_ceilings(runs),
     }
     for g in result["groups"]:
         if len(set(g["seeds"])) < len(g["seeds"]):
-            print(f"notice: group {g['label']!r} repeats a seed {g['seeds']}: those runs are not independent",
-                  file=sys.stderr)
+            print(
+                f"notice: group {g['label']!r} repeats a seed {g['seeds']}: those runs are not independent",
+                file=sys.stderr,
+            )
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(result)

@@ -5,7 +5,7 @@
 Reads RUN_DIR/config.yaml (the resolved TrainRMConfig) and the checkpoint RUN_DIR/best (falls back to
 RUN_DIR/last with a notice). Conditions each pair as the run did (``rm.conditioning``); for ``summary``
 the summaries come from the run's fixed summarizer: RUN_DIR/summaries/<split>.parquet when cached
-(columns user_id, row, summary), else ``jobs.summarize.summarize_examples`` writes them there.
+(columns user_id, row, summary), else ``actors.rollout.summarize_examples`` writes them there.
 
 Per split: accuracy over all / contested / agreed pairs (ties count half; rows with unknown
 ``contested`` count only in all) and per-user accuracy (mean over users, worst decile), from
@@ -31,7 +31,6 @@ import pyarrow as pa
 import torch
 import yaml
 from pydantic import ValidationError
-from tqdm import tqdm
 
 from rlhf_cluster.cli import EXIT_USAGE, parse_config
 from rlhf_cluster.config import EvaluateConfig, RayConfig, TrainRMConfig
@@ -44,10 +43,13 @@ from rlhf_cluster.metrics import (
     summary_lines,
 )
 from rlhf_cluster.models import CheckpointError, check_checkpoint_dir, load_reward_model, load_tokenizer
+from rlhf_cluster.progress import progress
 from rlhf_cluster.reward_model import conditioning_texts, encode_pairs, pair_rewards, pair_table
 
 SUBSETS = ("all", "contested", "agreed")
 CEILINGS = {"oracle": "oracle", "user_agnostic": "user-agnostic", "bayes_n_context": "n-context Bayes"}
+
+
 class EvalError(Exception):
     """An input the user must fix (missing run dir, checkpoint, split …); the message names the path."""
 
@@ -155,10 +157,10 @@ def split_conditioning(examples: pa.Table, split: str, run: Run, target: Target,
 
 def cached_summaries(examples: pa.Table, path: Path, run: Run, ray_cfg: RayConfig) -> list[str]:
     """One summary per row from the run's fixed summarizer, cached at ``path``."""
-    from jobs import summarize
+    from actors import rollout
 
     c = run.cfg
-    return summarize.cached_summaries(examples, path, c.models, c.rollout, c.rollout_resources, ray_cfg, c.seed)
+    return rollout.cached_summaries(examples, path, c.models, c.rollout, c.rollout_resources, ray_cfg, c.seed)
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -179,7 +181,7 @@ def score_pairs(model, tokenizer, examples, conditioning, rm, batch_size: int, d
     """(r_chosen [N], r_rejected [N] as float64 numpy, number of truncated sequences)."""
     chosen, rejected, truncated = [], [], 0
     with torch.inference_mode():
-        for start in tqdm(range(0, examples.num_rows, batch_size), desc=desc, unit="batch", leave=False):
+        for start in progress(range(0, examples.num_rows, batch_size), desc=desc, unit="batch", leave=False):
             rows = examples.slice(start, batch_size)
             batch = pair_table(rows, conditioning[start : start + batch_size])
             enc = encode_pairs(tokenizer, batch, rm.max_length, rm.truncation_side)
@@ -230,13 +232,19 @@ def markdown(result: dict) -> str:
     ck = result["checkpoint"]
     at = f" @ step {ck['step']}" if ck.get("step") is not None else ""
     lines = [
-        f"# Evaluation of `{result['run']}`", "",
+        f"# Evaluation of `{result['run']}`",
+        "",
         f"conditioning `{result['conditioning']}`, seed {result['seed']}, checkpoint {ck['name']}{at}; "
-        f"data `{result['data']}`", "",
+        f"data `{result['data']}`",
+        "",
         "Pairwise accuracy (ties count half) beside the dataset's analytic ceilings (expected accuracy of the "
         "oracle, of the best user-agnostic model and of the Bayes posterior given the n context pairs)."
-        + (f" Only the first {result['limit']} rows per split were scored; the ceilings are the full split's."
-           if result.get("limit") else ""), "",
+        + (
+            f" Only the first {result['limit']} rows per split were scored; the ceilings are the full split's."
+            if result.get("limit")
+            else ""
+        ),
+        "",
         "| split | subset | n | accuracy | " + " | ".join(CEILINGS.values()) + " |",
         "|---|---|---:|---:|" + "---:|" * len(CEILINGS),
     ]
@@ -246,24 +254,34 @@ def markdown(result: dict) -> str:
             n = acc["n"] if subset == "all" else acc[f"n_{subset}"]
             ref = [_fmt((ceil.get(subset) or {}).get(k)) for k in CEILINGS]
             lines.append(f"| {split} | {subset} | {n} | {_fmt(acc[subset])} | " + " | ".join(ref) + " |")
-    lines += ["", "Per user (each user weighs the same):", "",
-              "| split | users | mean | worst decile | users in worst decile |", "|---|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "Per user (each user weighs the same):",
+        "",
+        "| split | users | mean | worst decile | users in worst decile |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for split, u in result["per_user"].items():
         lines.append(f"| {split} | {u['n_users']} | {_fmt(u['mean'])} | {_fmt(u['worst_decile'])} | {u['n_worst']} |")
     info = {k: v for k, v in (result.get("summary_information") or {}).items() if v}
     if info:
-        lines += ["", "What the summaries say about the ground truth (`user_description`), once per user: "
-                  "H(truth | summary) of H(truth) bits left open, and how often the truth most common "
-                  "among users with the same summary is the user's own:", "",
-                  "| split | users | distinct summaries | H(truth) bits | H(truth \\| summary) bits | majority share |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "What the summaries say about the ground truth (`user_description`), once per user: "
+            "H(truth | summary) of H(truth) bits left open, and how often the truth most common "
+            "among users with the same summary is the user's own:",
+            "",
+            "| split | users | distinct summaries | H(truth) bits | H(truth \\| summary) bits | majority share |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for split, v in info.items():
-            lines.append(f"| {split} | {v['n_users']} | {v['distinct_summaries']} | {_fmt(v['truth_entropy_bits'])} | "
-                         f"{_fmt(v['conditional_entropy_bits'])} | {_fmt(v['majority_share'])} |")
+            lines.append(
+                f"| {split} | {v['n_users']} | {v['distinct_summaries']} | {_fmt(v['truth_entropy_bits'])} | "
+                f"{_fmt(v['conditional_entropy_bits'])} | {_fmt(v['majority_share'])} |"
+            )
     for split, rows in (result.get("sample_summaries") or {}).items():
         lines += ["", f"Sample summaries ({split}):", ""] + summary_lines(rows)
     return "\n".join(lines) + "\n"
-
 
 
 def _checkpoint_info(run: Run) -> dict:
@@ -285,8 +303,10 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     run = load_run(cfg.run, cfg.checkpoint)
     target = resolve_target(cfg, run)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    print(f"evaluate: {run.checkpoint} (conditioning {run.cfg.rm.conditioning}) on {target.data_dir}: "
-          f"{', '.join(target.splits)} [{device}]")
+    print(
+        f"evaluate: {run.checkpoint} (conditioning {run.cfg.rm.conditioning}) on {target.data_dir}: "
+        f"{', '.join(target.splits)} [{device}]"
+    )
     model, tokenizer = load_scorer(run, device)
     accuracy, per_user, truncated, samples, information = {}, {}, {}, {}, {}
     for split in target.splits:
@@ -301,13 +321,24 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         accuracy[split], per_user[split] = split_metrics(examples, rc, rr)
         if truncated[split]:  # left truncation cuts the conditioning first: the model saw less of the user
             rm = run.cfg.rm
-            print(f"notice: {split}: {truncated[split]} of {2 * examples.num_rows} inputs longer than "
-                  f"rm.max_length={rm.max_length} were truncated ({rm.truncation_side})", file=sys.stderr)
+            print(
+                f"notice: {split}: {truncated[split]} of {2 * examples.num_rows} inputs longer than "
+                f"rm.max_length={rm.max_length} were truncated ({rm.truncation_side})",
+                file=sys.stderr,
+            )
     result = {
-        "run": str(run.dir), "data": str(target.data_dir), "conditioning": run.cfg.rm.conditioning,
-        "seed": run.cfg.seed, "checkpoint": _checkpoint_info(run),
-        "splits": target.splits, "limit": cfg.limit, "accuracy": accuracy, "per_user": per_user,
-        "n_truncated": truncated, "ceilings": target.ceilings, "sample_summaries": samples,
+        "run": str(run.dir),
+        "data": str(target.data_dir),
+        "conditioning": run.cfg.rm.conditioning,
+        "seed": run.cfg.seed,
+        "checkpoint": _checkpoint_info(run),
+        "splits": target.splits,
+        "limit": cfg.limit,
+        "accuracy": accuracy,
+        "per_user": per_user,
+        "n_truncated": truncated,
+        "ceilings": target.ceilings,
+        "sample_summaries": samples,
         "summary_information": information,
         "seconds": round(time.perf_counter() - start, 2),
     }

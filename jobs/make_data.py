@@ -46,8 +46,10 @@ def ceilings_table(table: dict) -> list[str]:
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for split, subsets in table.items():
         for subset, c in subsets.items():
-            lines.append(f"{split:<20} {subset:<10} {c['n']:>6} {fmt(c['oracle']):>8} "
-                         f"{fmt(c['user_agnostic']):>14} {fmt(c['bayes_n_context']):>16}")
+            lines.append(
+                f"{split:<20} {subset:<10} {c['n']:>6} {fmt(c['oracle']):>8} "
+                f"{fmt(c['user_agnostic']):>14} {fmt(c['bayes_n_context']):>16}"
+            )
     return lines
 
 
@@ -55,20 +57,35 @@ def readme(cfg: MakeDataConfig, data: GeneratedDataset) -> str:
     """A short README for the dataset directory."""
     opts = getattr(cfg, cfg.dataset).model_dump()
     sizes = ", ".join(f"`{s}` {len(r)}" for s, r in data.splits.items())
-    return "\n".join([
-        f"# `{data.name}` dataset (seed {cfg.seed})", "",
-        f"Regenerate: `{reproduce_command(cfg)}`", "",
-        f"Rows per split: {sizes}. Rows follow `rlhf_cluster.schema.EXAMPLE_SCHEMA`; `user_description` and "
-        "`p_chosen` are ground truth (oracle baselines and analysis only).", "",
-        "## Generator", "", data.description, "",
-        "## Options", "", *(f"- `{k}` = `{v}`" for k, v in opts.items()), "",
-        "## Ceilings (expected accuracy; `ceilings.json`)", "",
-        "oracle: true user weights known; user_agnostic: best non-personalized model (population majority); "
-        "bayes_n_context: posterior over users given the row's context labels. Each is the mean over the split's "
-        "rows of the expected accuracy given that row's actual context: only the target label is averaged exactly.",
-        "",
-        "```", *ceilings_table(data.ceilings), "```", "",
-    ])
+    return "\n".join(
+        [
+            f"# `{data.name}` dataset (seed {cfg.seed})",
+            "",
+            f"Regenerate: `{reproduce_command(cfg)}`",
+            "",
+            f"Rows per split: {sizes}. Rows follow `rlhf_cluster.schema.EXAMPLE_SCHEMA`; `user_description` and "
+            "`p_chosen` are ground truth (oracle baselines and analysis only).",
+            "",
+            "## Generator",
+            "",
+            data.description,
+            "",
+            "## Options",
+            "",
+            *(f"- `{k}` = `{v}`" for k, v in opts.items()),
+            "",
+            "## Ceilings (expected accuracy; `ceilings.json`)",
+            "",
+            "oracle: true user weights known; user_agnostic: best non-personalized model (population majority); "
+            "bayes_n_context: posterior over users given the row's context labels. Each is the mean over the split's "
+            "rows of the expected accuracy given that row's actual context: only the target label is averaged exactly.",
+            "",
+            "```",
+            *ceilings_table(data.ceilings),
+            "```",
+            "",
+        ]
+    )
 
 
 def write(cfg: MakeDataConfig, data: GeneratedDataset) -> Path:
@@ -83,9 +100,15 @@ def write(cfg: MakeDataConfig, data: GeneratedDataset) -> Path:
     for split, rows in data.splits.items():
         pq.write_table(pa.Table.from_pylist(rows, schema=EXAMPLE_SCHEMA), out / f"{split}.parquet")
     (out / "ceilings.json").write_text(json.dumps(data.ceilings, indent=2) + "\n")
-    meta = {"dataset": data.name, "seed": cfg.seed, "command": reproduce_command(cfg),
-            "options": getattr(cfg, cfg.dataset).model_dump(), "splits": {s: len(r) for s, r in data.splits.items()},
-            "schema": EXAMPLE_SCHEMA.metadata[b"rlhf_cluster.schema"].decode(), "facts": data.facts}
+    meta = {
+        "dataset": data.name,
+        "seed": cfg.seed,
+        "command": reproduce_command(cfg),
+        "options": getattr(cfg, cfg.dataset).model_dump(),
+        "splits": {s: len(r) for s, r in data.splits.items()},
+        "schema": EXAMPLE_SCHEMA.metadata[b"rlhf_cluster.schema"].decode(),
+        "facts": data.facts,
+    }
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     (out / "README.md").write_text(readme(cfg, data))
     return out

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pyarrow as pa
 
@@ -94,7 +94,12 @@ def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str
 
 
 def make_model(
-    cfg: MakeModelsConfig, name: str, opts: TinyModelOptions, tokenizer, docs: list[str], eval_docs: list[str],
+    cfg: MakeModelsConfig,
+    name: str,
+    opts: TinyModelOptions,
+    tokenizer,
+    docs: list[str],
+    eval_docs: list[str],
     seed: int,
 ) -> dict:
     """Build, pre-train and save one model; its manifest entry."""
@@ -132,8 +137,10 @@ def make_model(
 def _print_summary(name: str, r: dict) -> None:
     before, after = r["eval_loss_before"], r["eval_loss_after"]
     held_out = f"; held-out {before:.4f} -> {after:.4f}" if before is not None else ""
-    print(f"[{name}] loss {r['initial_loss']:.4f} -> {r['final_loss']:.4f}{held_out} "
-          f"in {r['seconds']:.1f} s ({r['tokens_per_s']:,} tok/s)")
+    print(
+        f"[{name}] loss {r['initial_loss']:.4f} -> {r['final_loss']:.4f}{held_out} "
+        f"in {r['seconds']:.1f} s ({r['tokens_per_s']:,} tok/s)"
+    )
     if r["final_loss"] >= r["initial_loss"]:
         print(f"[{name}] WARNING: pre-training loss did not go down; lower pretrain_lr or check the corpus")
 
@@ -167,12 +174,22 @@ def make_models(cfg: MakeModelsConfig) -> dict:
     }
     # Different seeds per model, so the two never share an initialisation by accident.
     manifest["summarizer"] = make_model(
-        cfg, "summarizer", cfg.summarizer, tokenizer,
-        summarizer_documents(tokenizer, train_rows), summarizer_documents(tokenizer, eval_rows), cfg.seed,
+        cfg,
+        "summarizer",
+        cfg.summarizer,
+        tokenizer,
+        summarizer_documents(tokenizer, train_rows),
+        summarizer_documents(tokenizer, eval_rows),
+        cfg.seed,
     )
     manifest["reward_model"] = make_model(
-        cfg, "reward_model", cfg.reward_model, tokenizer,
-        reward_documents(tokenizer, train_rows), reward_documents(tokenizer, eval_rows), cfg.seed + 1,
+        cfg,
+        "reward_model",
+        cfg.reward_model,
+        tokenizer,
+        reward_documents(tokenizer, train_rows),
+        reward_documents(tokenizer, eval_rows),
+        cfg.seed + 1,
     )
     manifest["reward_model"]["load_as"] = "AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)"
     manifest["seconds"] = round(time.perf_counter() - start, 2)

@@ -42,15 +42,23 @@ import torch.nn.functional as F
 
 from rlhf_cluster.cli import dump_yaml, parse_config, prepare_run_dir, resume_argv
 from rlhf_cluster.config import PlusConfig, TrainRMConfig
-from rlhf_cluster.data import draw_same_user_rows, epoch_batches as user_batches, read_split, same_user_pair_rows
-from rlhf_cluster.losses import gae, grpo_advantages, kl_penalty, masked_sum, masked_whiten, rloo_advantages, token_rewards
+from rlhf_cluster.data import draw_same_user_rows, read_split, same_user_pair_rows
+from rlhf_cluster.data import epoch_batches as user_batches
+from rlhf_cluster.losses import (
+    gae,
+    grpo_advantages,
+    kl_penalty,
+    masked_sum,
+    masked_whiten,
+    rloo_advantages,
+    token_rewards,
+)
 from rlhf_cluster.metrics import MetricsLogger, accuracy_by_subset
 from rlhf_cluster.reward_model import pair_table
 from rlhf_cluster.schema import ROLLOUT_REQUEST_SCHEMA
 from rlhf_cluster.sequences import critic_batch, policy_batch
 from rlhf_cluster.tensors import pad_list_column
 from rlhf_cluster.timing import phase
-
 
 # ------------------------------------------------------------------------------------------ batches
 
@@ -59,8 +67,12 @@ def rollout_requests(requests: pa.Table, rows: np.ndarray, seed: int, iteration:
     """The iteration's requests with per-request seeds from (seed, iteration, row): a rerun samples the same."""
     seeds = [(seed * 1_000_003 + iteration) * 1_000_003 + int(r) for r in rows]
     picked = requests.take(rows)
-    columns = [pa.array(range(len(rows)), pa.int64()), picked.column("user_id"), picked.column("prompt_token_ids"),
-               pa.array(seeds, pa.int64())]
+    columns = [
+        pa.array(range(len(rows)), pa.int64()),
+        picked.column("user_id"),
+        picked.column("prompt_token_ids"),
+        pa.array(seeds, pa.int64()),
+    ]
     return pa.Table.from_arrays(columns, schema=ROLLOUT_REQUEST_SCHEMA)
 
 
@@ -69,14 +81,23 @@ def summary_pairs(examples: pa.Table, rollouts: pa.Table) -> pa.Table:
     return pair_table(examples.take(rollouts.column("request_id")), rollouts.column("summary_text").to_pylist())
 
 
-def reward_model_pairs(cfg: PlusConfig, train: pa.Table, rows: np.ndarray, rollouts: pa.Table, scored: pa.Table,
-                       candidates: list[np.ndarray] | None, rng: np.random.Generator) -> pa.Table:
+def reward_model_pairs(
+    cfg: PlusConfig,
+    train: pa.Table,
+    rows: np.ndarray,
+    rollouts: pa.Table,
+    scored: pa.Table,
+    candidates: list[np.ndarray] | None,
+    rng: np.random.Generator,
+) -> pa.Table:
     """One reward-model update's REWARD_PAIR batch: every sampled summary with a pair of its user
     (rm_pairs=user: drawn from `candidates`, see rlhf_cluster.data.same_user_pair_rows; target: the scored pair)."""
     if cfg.rm_pairs == "target":
         return scored
     own = np.asarray(rows)[rollouts.column("request_id").to_numpy()]
-    return pair_table(train.take(draw_same_user_rows(candidates, own, rng)), rollouts.column("summary_text").to_pylist())
+    return pair_table(
+        train.take(draw_same_user_rows(candidates, own, rng)), rollouts.column("summary_text").to_pylist()
+    )
 
 
 def score_margins(rm_group, pairs: pa.Table) -> np.ndarray:
@@ -143,15 +164,19 @@ def read_checkpoint(run_dir: Path, cfg: PlusConfig) -> dict:
     """The driver state of run_dir/checkpoint/state.json, checked against the resumed config."""
     path = run_dir / "checkpoint" / "state.json"
     if not path.is_file():
-        raise SystemExit(f"--resume {run_dir}: no checkpoint ({path} missing); the run stopped before its "
-                         f"first checkpoint (checkpoint_every={cfg.checkpoint_every})")
+        raise SystemExit(
+            f"--resume {run_dir}: no checkpoint ({path} missing); the run stopped before its "
+            f"first checkpoint (checkpoint_every={cfg.checkpoint_every})"
+        )
     state = json.loads(path.read_text())
     for key, now in (("num_ranks", cfg.deepspeed.num_ranks), ("algorithm", cfg.policy.algorithm)):
         if state[key] != now:
             raise SystemExit(f"--resume {run_dir}: checkpoint has {key}={state[key]!r}, config says {now!r}")
     if state["iteration"] >= cfg.iterations:
-        raise SystemExit(f"--resume {run_dir}: the checkpoint is at iteration {state['iteration']}, the run has "
-                         f"iterations={cfg.iterations}; raise iterations (e.g. iterations={2 * cfg.iterations}) to go on")
+        raise SystemExit(
+            f"--resume {run_dir}: the checkpoint is at iteration {state['iteration']}, the run has "
+            f"iterations={cfg.iterations}; raise iterations (e.g. iterations={2 * cfg.iterations}) to go on"
+        )
     return state
 
 
@@ -175,7 +200,9 @@ def validate(eval_actor, blob: bytes | None, version: int, val: pa.Table, val_re
 
 def show_summaries(val: pa.Table, summaries: list[str], k: int) -> None:
     seen = set()
-    for user, text, truth in zip(val.column("user_id").to_pylist(), summaries, val.column("user_description").to_pylist()):
+    for user, text, truth in zip(
+        val.column("user_id").to_pylist(), summaries, val.column("user_description").to_pylist()
+    ):
         if user in seen or len(seen) >= k:
             continue
         seen.add(user)
@@ -195,10 +222,18 @@ def write_evaluate_view(cfg: PlusConfig, run_dir: Path) -> Path:
     view.mkdir(exist_ok=True)
     greedy = cfg.rollout.model_copy(update={"temperature": 0.0, "n_samples": 1, "backend": cfg.eval_backend})
     rm_cfg = TrainRMConfig(
-        run_dir=str(view), name=run_label(cfg), seed=cfg.seed, data=cfg.data, train_split=cfg.train_split,
+        run_dir=str(view),
+        name=run_label(cfg),
+        seed=cfg.seed,
+        data=cfg.data,
+        train_split=cfg.train_split,
         models=cfg.models.model_copy(update={"summarizer": str((run_dir / "best" / "summarizer").resolve())}),
-        rm=cfg.rm.model_copy(update={"batch_size": cfg.rollout_batch}), deepspeed=cfg.deepspeed, ray=cfg.ray,
-        rank_resources=cfg.rm_resources, rollout=greedy, rollout_resources=cfg.rollout_resources,
+        rm=cfg.rm.model_copy(update={"batch_size": cfg.rollout_batch}),
+        deepspeed=cfg.deepspeed,
+        ray=cfg.ray,
+        rank_resources=cfg.rm_resources,
+        rollout=greedy,
+        rollout_resources=cfg.rollout_resources,
     )
     (view / "config.yaml").write_text(dump_yaml(rm_cfg))
     for name in ("best", "last"):
@@ -231,24 +266,31 @@ def start_actors(cfg: PlusConfig):
             roles[f"critic_rank{i}"] = cfg.critic_resources
     check_fits(roles, init_ray(cfg.ray))
     m = cfg.models
-    rollout = RolloutActor.options(**actor_options(cfg.rollout_resources)).remote(m.summarizer, cfg.rollout, m.dtype, cfg.seed)
+    rollout = RolloutActor.options(**actor_options(cfg.rollout_resources)).remote(
+        m.summarizer, cfg.rollout, m.dtype, cfg.seed
+    )
     # Greedy validation needs other sampling settings than training: a second engine. It runs only while
     # the loop waits on it, so it reserves no CPU of its own (its GPU share is the rollout actor's).
     greedy = cfg.rollout.model_copy(update={"temperature": 0.0, "n_samples": 1, "backend": cfg.eval_backend})
     eval_res = ActorResources(num_cpus=0, num_gpus=cfg.rollout_resources.num_gpus)
     evaluator = RolloutActor.options(**actor_options(eval_res)).remote(m.summarizer, greedy, m.dtype, cfg.seed)
     reference = ReferenceActor.options(**actor_options(cfg.reference_resources)).remote(m.summarizer, m.dtype)
-    policy = PolicyGroup(m.summarizer, cfg.policy, cfg.deepspeed, cfg.policy_resources, cfg.seed,
-                         cfg.policy.minibatch_size, m.dtype)
+    policy = PolicyGroup(
+        m.summarizer, cfg.policy, cfg.deepspeed, cfg.policy_resources, cfg.seed, cfg.policy.minibatch_size, m.dtype
+    )
     rm = RewardModelGroup(m.reward_model, cfg.rm, cfg.deepspeed, cfg.rm_resources, cfg.seed, cfg.rollout_batch)
     critic = None
     if cfg.policy.algorithm == "ppo":
-        critic = CriticGroup(m.summarizer, cfg.policy, cfg.deepspeed, cfg.critic_resources, cfg.seed,
-                             cfg.policy.minibatch_size, m.dtype)
+        critic = CriticGroup(
+            m.summarizer, cfg.policy, cfg.deepspeed, cfg.critic_resources, cfg.seed, cfg.policy.minibatch_size, m.dtype
+        )
     info = ray.get([a.info.remote() for a in (rollout, evaluator, reference)])
-    print(f"  rollout ({info[0]['backend']}) {info[0]['startup_s']:.1f}s, eval engine {info[1]['startup_s']:.1f}s, "
-          f"reference {info[2]['startup_s']}s; policy + RM{' + critic' if critic else ''}: "
-          f"{cfg.deepspeed.num_ranks} rank(s) each", flush=True)
+    print(
+        f"  rollout ({info[0]['backend']}) {info[0]['startup_s']:.1f}s, eval engine {info[1]['startup_s']:.1f}s, "
+        f"reference {info[2]['startup_s']}s; policy + RM{' + critic' if critic else ''}: "
+        f"{cfg.deepspeed.num_ranks} rank(s) each",
+        flush=True,
+    )
     return rollout, evaluator, reference, policy, rm, critic
 
 
@@ -273,10 +315,12 @@ def main(argv=None) -> dict:
         candidates = same_user_pair_rows(train) if cfg.rm_pairs == "user" else None
         train_requests = build_requests(train, tokenizer, cfg.rollout, cfg.seed)
         val_requests = build_requests(val, tokenizer, cfg.rollout, cfg.seed)
-        print(f"  train {train.num_rows} rows, {cfg.rm.eval_split} {val.num_rows} rows; "
-              f"{cfg.users_per_iter} users × {cfg.rollout.n_samples} summaries per iteration; reward model: "
-              f"{cfg.rm_updates_per_iter} step(s) per iteration on "
-              + ("fresh pairs of each summary's user" if cfg.rm_pairs == "user" else "the scored pairs"))
+        print(
+            f"  train {train.num_rows} rows, {cfg.rm.eval_split} {val.num_rows} rows; "
+            f"{cfg.users_per_iter} users × {cfg.rollout.n_samples} summaries per iteration; reward model: "
+            f"{cfg.rm_updates_per_iter} step(s) per iteration on "
+            + ("fresh pairs of each summary's user" if cfg.rm_pairs == "user" else "the scored pairs")
+        )
     with phase("start actors", timings):
         import ray
 
@@ -287,7 +331,9 @@ def main(argv=None) -> dict:
     blob = None  # the latest synced weights (None: still the initial checkpoint)
     if resumed:
         with phase("restore checkpoint", timings):
-            start, version, best, last_val = (resumed[k] for k in ("iteration", "weight_version", "best", "last_validation"))
+            start, version, best, last_val = (
+                resumed[k] for k in ("iteration", "weight_version", "best", "last_validation")
+            )
             for role, group in groups.items():
                 group.load_state(str(run_dir / "checkpoint" / role), resumed["tag"])
             if version > 0:  # the rollout engine samples with the restored policy, under its version
@@ -310,7 +356,9 @@ def main(argv=None) -> dict:
                 score = F.logsigmoid(margins)  # R = log σ(r_c − r_r); token_rewards clips it
             with phase("reference", t, quiet=True):
                 old_lp, mask = token_tensor(rollouts.column("summary_logprobs"), "summary_logprobs")
-                ref_lp, _ = token_tensor(ray.get(reference.logprobs.remote(rollouts)).column("logprobs"), "ref logprobs")
+                ref_lp, _ = token_tensor(
+                    ray.get(reference.logprobs.remote(rollouts)).column("logprobs"), "ref logprobs"
+                )
                 kl = kl_penalty(old_lp, ref_lp, cfg.policy.kl_estimator)
             values = None
             if ppo:
@@ -326,7 +374,9 @@ def main(argv=None) -> dict:
                     m.update(train_minibatches(cfg, policy, policy_batch(rollouts, adv), cfg.seed + it, "policy"))
             if ppo:
                 with phase("train critic", t, quiet=True):
-                    m.update(train_minibatches(cfg, critic, critic_batch(rollouts, values, returns), cfg.seed + it, "critic"))
+                    m.update(
+                        train_minibatches(cfg, critic, critic_batch(rollouts, values, returns), cfg.seed + it, "critic")
+                    )
             with phase("train reward model", t, quiet=True):
                 rng = np.random.default_rng([cfg.seed, it])  # per iteration: a resumed run draws the same pairs
                 for _ in range(0 if cfg.freeze_reward_model else cfg.rm_updates_per_iter):
@@ -339,29 +389,39 @@ def main(argv=None) -> dict:
                     version = ray.get(rollout.update_weights.remote(blob, version + 1))["weight_version"]
             stamped = set(rollouts.column("weight_version").to_pylist())
             if stamped != {sampled_by}:  # synchronous loop: every rollout uses the latest synced weights
-                raise RuntimeError(f"iteration {it}: rollouts stamped with weight versions {stamped}, expected {sampled_by}")
+                raise RuntimeError(
+                    f"iteration {it}: rollouts stamped with weight versions {stamped}, expected {sampled_by}"
+                )
             m.update(
                 reward=float(score.clamp(-cfg.policy.reward_clip, cfg.policy.reward_clip).mean()),
-                margin=float(margins.mean()), train_pair_accuracy=float((margins > 0).float().mean()),
-                kl=float(masked_sum(kl, mask) / mask.sum()), return_mean=float(masked_sum(rewards, mask, dim=1).mean()),
+                margin=float(margins.mean()),
+                train_pair_accuracy=float((margins > 0).float().mean()),
+                kl=float(masked_sum(kl, mask) / mask.sum()),
+                return_mean=float(masked_sum(rewards, mask, dim=1).mean()),
                 advantage_abs=float(masked_sum(adv.abs(), mask) / mask.sum() if adv.dim() == 2 else adv.abs().mean()),
                 summary_tokens=float(mask.sum(1).float().mean()),
                 stopped_at_eos=float(np.mean([r == "stop" for r in rollouts.column("finish_reason").to_pylist()])),
-                rollout_weight_version=float(sampled_by), weight_version=float(version),
+                rollout_weight_version=float(sampled_by),
+                weight_version=float(version),
                 **{f"time_{k.replace(' ', '_')}": v for k, v in t.items()},
             )
             log.log(it, m, "train")
             for k, v in t.items():
                 timings[k] = round(timings.get(k, 0.0) + v, 3)
-            print(f"iter {it}/{cfg.iterations}: reward {m['reward']:.3f} margin {m['margin']:.3f} kl {m['kl']:.4f} "
-                  f"rm_acc {m.get('rm_accuracy', float('nan')):.2f} v{version} ({sum(t.values()):.1f}s)", flush=True)
+            print(
+                f"iter {it}/{cfg.iterations}: reward {m['reward']:.3f} margin {m['margin']:.3f} kl {m['kl']:.4f} "
+                f"rm_acc {m.get('rm_accuracy', float('nan')):.2f} v{version} ({sum(t.values()):.1f}s)",
+                flush=True,
+            )
 
             if it % cfg.eval_every == 0 or it == cfg.iterations:
                 with phase("validate", timings, quiet=True):
                     v, texts = validate(evaluator, blob, version, val, val_requests, rm)
                 log.log(it, {k: x for k, x in v.items() if x is not None}, "validation")
                 last_val = v
-                print("  validation accuracy: " + ", ".join(f"{k} {_fmt(v[k])}" for k in ("all", "contested", "agreed")))
+                print(
+                    "  validation accuracy: " + ", ".join(f"{k} {_fmt(v[k])}" for k in ("all", "contested", "agreed"))
+                )
                 show_summaries(val, texts, cfg.show)
                 if v["all"] > best["validation_accuracy"]:
                     best = {"iteration": it, "validation_accuracy": v["all"], "validation": v}
@@ -371,9 +431,19 @@ def main(argv=None) -> dict:
                     (run_dir / "best.json").write_text(json.dumps(best, indent=2))
             if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
                 with phase("checkpoint", timings, quiet=True):
-                    save_checkpoint(run_dir, it, groups, {
-                        "weight_version": version, "best": best, "last_validation": last_val, "timings_s": timings,
-                        "num_ranks": cfg.deepspeed.num_ranks, "algorithm": cfg.policy.algorithm})
+                    save_checkpoint(
+                        run_dir,
+                        it,
+                        groups,
+                        {
+                            "weight_version": version,
+                            "best": best,
+                            "last_validation": last_val,
+                            "timings_s": timings,
+                            "num_ranks": cfg.deepspeed.num_ranks,
+                            "algorithm": cfg.policy.algorithm,
+                        },
+                    )
 
     with phase("save", timings):
         rm.save(str(run_dir / "last" / "reward_model"))
@@ -385,7 +455,9 @@ def main(argv=None) -> dict:
     view = write_evaluate_view(cfg, run_dir)
     result = {"best": best, "last_validation": last_val, "weight_version": version, "timings_s": timings}
     (run_dir / "train_summary.json").write_text(json.dumps(result, indent=2))
-    print(f"best validation accuracy {best['validation_accuracy']:.3f} at iteration {best['iteration']}; run dir {run_dir}")
+    print(
+        f"best validation accuracy {best['validation_accuracy']:.3f} at iteration {best['iteration']}; run dir {run_dir}"
+    )
     print(f"next: python -m jobs.evaluate --run {view}")
     return result
 

@@ -18,12 +18,12 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
-from tqdm import tqdm
 
 from rlhf_cluster.cli import parse_config, prepare_run_dir
 from rlhf_cluster.config import TrainRMConfig
 from rlhf_cluster.data import epoch_batches, read_split
 from rlhf_cluster.metrics import MetricsLogger, accuracy_by_subset
+from rlhf_cluster.progress import note, progress
 from rlhf_cluster.reward_model import conditioning_texts, pair_table
 from rlhf_cluster.timing import phase
 
@@ -32,12 +32,10 @@ def conditioning_for(examples: pa.Table, split: str, cfg: TrainRMConfig) -> list
     """Conditioning texts for one split; summaries are written once and cached in run_dir/summaries/."""
     summaries = None
     if cfg.rm.conditioning == "summary":
-        from jobs.summarize import cached_summaries
+        from actors.rollout import cached_summaries
 
         path = Path(cfg.run_dir) / "summaries" / f"{split}.parquet"
-        summaries = cached_summaries(
-            examples, path, cfg.models, cfg.rollout, cfg.rollout_resources, cfg.ray, cfg.seed
-        )
+        summaries = cached_summaries(examples, path, cfg.models, cfg.rollout, cfg.rollout_resources, cfg.ray, cfg.seed)
     return conditioning_texts(examples, cfg.rm.conditioning, summaries, cfg.rm.max_context_pairs)
 
 
@@ -71,11 +69,15 @@ def main(argv=None) -> dict:
 
         cluster = init_ray(cfg.ray)
         check_fits({f"rm_rank{i}": cfg.rank_resources for i in range(cfg.deepspeed.num_ranks)}, cluster)
-        group = RewardModelGroup(cfg.models.reward_model, rm, cfg.deepspeed, cfg.rank_resources, cfg.seed, rm.batch_size)
+        group = RewardModelGroup(
+            cfg.models.reward_model, rm, cfg.deepspeed, cfg.rank_resources, cfg.seed, rm.batch_size
+        )
 
     best = {"step": 0, "validation_accuracy": -1.0}
     with MetricsLogger(run_dir) as log, phase("train", timings):
-        bar = tqdm(epoch_batches(train.num_rows, rm.batch_size, rm.steps, cfg.seed), total=rm.steps, desc="train", unit="step")
+        bar = progress(
+            epoch_batches(train.num_rows, rm.batch_size, rm.steps, cfg.seed), total=rm.steps, desc="train", unit="step"
+        )
         for step, idx in enumerate(bar, 1):
             m = group.train_step(train_pairs.take(idx))
             log.log(step, m, "train")
@@ -83,7 +85,7 @@ def main(argv=None) -> dict:
             if step % rm.eval_every == 0 or step == rm.steps:
                 v = validate(group, val_pairs, val_contested)
                 log.log(step, v, "validation")
-                tqdm.write(f"  step {step}: validation accuracy {v['all']:.3f} (contested {v['contested']:.3f})")
+                note(f"  step {step}: validation accuracy {v['all']:.3f} (contested {v['contested']:.3f})")
                 if v["all"] > best["validation_accuracy"]:
                     best = {"step": step, "validation_accuracy": v["all"], "validation": v}
                     group.save(str(run_dir / "best"))

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import sys
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -70,7 +71,9 @@ def resume_argv(argv: Sequence[str] | None, prog: str) -> tuple[list[str], Path 
     if run_dir is None:
         return rest, None
     if any(a == "--config" or a.startswith("--config=") for a in rest):
-        _usage_error(prog, f"--resume {run_dir} reads {run_dir}/config.yaml; pass overrides (key=value) only, not --config")
+        _usage_error(
+            prog, f"--resume {run_dir} reads {run_dir}/config.yaml; pass overrides (key=value) only, not --config"
+        )
     config = Path(run_dir) / "config.yaml"
     if not config.is_file():
         _usage_error(prog, f"--resume {run_dir}: {config} not found (is it a run directory of this job?)")
@@ -185,9 +188,7 @@ def _format_errors(model: type[BaseModel], err: ValidationError, origins: dict, 
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
         key = ".".join(loc) or "<top>"
-        origin = origins.get(loc) or next(
-            (o for p, o in origins.items() if loc[: len(p)] == p), where
-        )
+        origin = origins.get(loc) or next((o for p, o in origins.items() if loc[: len(p)] == p), where)
         if not loc:  # a model-level check (several fields together): its message says it all
             lines.append(f"  {e['msg'].removeprefix('Value error, ')} (in {where})")
         elif e["type"] == "extra_forbidden":
@@ -271,8 +272,10 @@ def _help_fields(model: type[BaseModel], prefix: str, defaults: BaseModel | None
         sub = _unwrap_model(info.annotation)
         key = prefix + name
         required = defaults is None and info.is_required()
-        default = getattr(defaults, name) if defaults is not None else (
-            None if required else info.get_default(call_default_factory=True)
+        default = (
+            getattr(defaults, name)
+            if defaults is not None
+            else (None if required else info.get_default(call_default_factory=True))
         )
         if isinstance(sub, type) and issubclass(sub, BaseModel):
             out.append(f"  {key}.  — {info.description or (sub.__doc__ or '').strip().splitlines()[0]}")

@@ -102,7 +102,9 @@ class RolloutConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="Contexts per rollout call.")
     enable_prefix_caching: bool = Field(True, description="vLLM prefix caching (contexts long, summaries short).")
     kv_cache_gib: float = Field(
-        0.5, gt=0, description="KV-cache memory of the vLLM engine, GiB (CPU: host RAM; sized from config, "
+        0.5,
+        gt=0,
+        description="KV-cache memory of the vLLM engine, GiB (CPU: host RAM; sized from config, "
         "not a fraction of the machine).",
     )
     gpu_memory_utilization: float = Field(
@@ -110,7 +112,9 @@ class RolloutConfig(StrictModel):
     )
     enforce_eager: bool = Field(True, description="vLLM: skip CUDA-graph / torch.compile capture.")
     max_weight_staleness: int = Field(
-        0, ge=0, description="Weight versions the rollout may lag the trainer (0: synchronous, the driver syncs "
+        0,
+        ge=0,
+        description="Weight versions the rollout may lag the trainer (0: synchronous, the driver syncs "
         "before every rollout; >0 is the explicit asynchronous mode). Checked by RolloutActor.generate.",
     )
 
@@ -133,7 +137,7 @@ class SummarizeConfig(StrictModel):
     show: int = Field(4, ge=0, description="Print this many sample summaries at the end.")
 
     @model_validator(mode="after")
-    def _needs_summarizer(self) -> "SummarizeConfig":
+    def _needs_summarizer(self) -> SummarizeConfig:
         if not self.models.summarizer:
             raise ValueError("models.summarizer is required: the path of the summarizer checkpoint")
         return self
@@ -154,7 +158,9 @@ class OptimConfig(StrictModel):
 class DeepSpeedConfig(StrictModel):
     """A data-parallel group of DeepSpeed ranks, one Ray actor each."""
 
-    num_ranks: int = Field(2, ge=1, description="Ranks (Ray actors) in the group; the global batch is split across them.")
+    num_ranks: int = Field(
+        2, ge=1, description="Ranks (Ray actors) in the group; the global batch is split across them."
+    )
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="ZeRO stage (0: plain data parallel).")
     backend: Literal["auto", "gloo", "nccl"] = Field(
         "auto", description="torch.distributed backend; auto: nccl with GPUs, gloo on CPU."
@@ -179,11 +185,12 @@ class RewardTrainConfig(StrictModel):
     )
     batch_size: int = Field(32, ge=1, description="Pairs per optimizer step, over all ranks (divisible by num_ranks).")
     steps: int = Field(300, ge=1, description="Optimizer steps (the same budget for every conditioning).")
-    eval_every: int = Field(50, ge=1, description="Validate every this many steps (model selection on validation only).")
+    eval_every: int = Field(
+        50, ge=1, description="Validate every this many steps (model selection on validation only)."
+    )
     eval_split: str = Field("validation", description="Split used for model selection.")
     eval_limit: Optional[int] = Field(512, ge=1, description="Validate on at most this many rows (None: all).")
     optim: OptimConfig = Field(default_factory=OptimConfig)
-
 
 
 class TrainRMConfig(StrictModel):
@@ -191,7 +198,8 @@ class TrainRMConfig(StrictModel):
 
     run_dir: str = Field("runs/rm", description="Output: config.yaml, metrics.jsonl, tb/, checkpoints/, best/.")
     name: Optional[str] = Field(
-        None, description="Label in jobs.compare tables. Named runs are grouped by name alone (their seeds "
+        None,
+        description="Label in jobs.compare tables. Named runs are grouped by name alone (their seeds "
         "averaged), so runs whose configs differ in run-specific paths — e.g. each PLUS run's own trained "
         "summarizer — still form one group; give different experiments different names.",
     )
@@ -212,10 +220,12 @@ class TrainRMConfig(StrictModel):
     rollout_resources: ActorResources = Field(
         default_factory=lambda: ActorResources(num_cpus=1.0), description="Resources of the rollout actor."
     )
-    checkpoint_every: int = Field(0, ge=0, description="Also keep checkpoints/step_N every this many steps (0: only best/ and last/).")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Also keep checkpoints/step_N every this many steps (0: only best/ and last/)."
+    )
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TrainRMConfig":
+    def _consistent(self) -> TrainRMConfig:
         if not self.models.reward_model:
             raise ValueError("models.reward_model is required: the path of the reward-model backbone")
         if self.rm.conditioning == "summary" and not self.models.summarizer:
@@ -242,7 +252,10 @@ class PetsOptions(StrictModel):
         3, ge=0, description="Labelled contested pairs (dog vs cat) in each user's context, shared by their examples."
     )
     contested_fraction: float = Field(
-        0.5, ge=0, le=1, description="Share of target pairs that are the contested kind pair; the rest are "
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of target pairs that are the contested kind pair; the rest are "
         "drawn uniformly from the five agreed kind pairs.",
     )
     label_noise: float = Field(
@@ -264,41 +277,52 @@ class PersonasOptions(StrictModel):
         "'lowrank' w = U·z/√rank with a fixed orthonormal U (K×rank) and z ~ N(0, I).",
     )
     n_user_types: int = Field(
-        4, ge=1, description="discrete: number of user types: type j < K is +e_j (likes attribute j), "
+        4,
+        ge=1,
+        description="discrete: number of user types: type j < K is +e_j (likes attribute j), "
         "type K + j is −e_j (likes its opposite); at most 2K.",
     )
     dirichlet_alpha: float = Field(0.3, gt=0, description="dirichlet: concentration of user weights.")
     rank: int = Field(2, ge=1, description="lowrank: rank of the user-weight subspace (at most K).")
     beta: float = Field(3.0, gt=0, description="Label sharpness: P(a>b) = σ(β·w·(φ(a)−φ(b))).")
     quality_weight: float = Field(
-        0.0, ge=0, description="Weight of a shared quality attribute everyone values (0: quality is not shown in "
+        0.0,
+        ge=0,
+        description="Weight of a shared quality attribute everyone values (0: quality is not shown in "
         "the text and plays no part).",
     )
     n_context: int = Field(8, ge=0, description="Past labelled pairs in each user's context.")
     context_mode: Literal["survey", "random"] = Field(
-        "survey", description="'survey': one fixed set of contested pairs, answered by every user (labels per "
+        "survey",
+        description="'survey': one fixed set of contested pairs, answered by every user (labels per "
         "user); 'random': each user labelled their own random pairs.",
     )
     n_topics: int = Field(8, ge=1, description="Topics seen in training.")
     n_unseen_topics: int = Field(4, ge=0, description="Topics only in test_unseen_topics (0: no such split).")
     unseen_topic_markers: Literal["mix", "new"] = Field(
-        "mix", description="Marker words of unseen topics: 'mix' reuses seen marker words in new topic/marker "
+        "mix",
+        description="Marker words of unseen topics: 'mix' reuses seen marker words in new topic/marker "
         "combinations; 'new' uses words that never occur in seen topics.",
     )
     n_train_users: int = Field(128, ge=1, description="Users in train / validation / test_seen_users.")
     n_test_users: int = Field(64, ge=1, description="Users in test_unseen_users / test_unseen_topics.")
     examples_per_user: int = Field(8, ge=1, description="Target pairs per user and split.")
     n_population: int = Field(
-        1024, ge=16, description="dirichlet/lowrank: prior samples standing in for the population (contested "
+        1024,
+        ge=16,
+        description="dirichlet/lowrank: prior samples standing in for the population (contested "
         "flag, user-agnostic and Bayes ceilings by importance weighting).",
     )
     contested_min_share: float = Field(
-        0.1, gt=0, lt=0.5, description="dirichlet/lowrank: a pair is contested when at least this share of the "
+        0.1,
+        gt=0,
+        lt=0.5,
+        description="dirichlet/lowrank: a pair is contested when at least this share of the "
         "population prefers each side (discrete: when at least one type prefers each side).",
     )
 
     @model_validator(mode="after")
-    def _sizes_fit(self) -> "PersonasOptions":
+    def _sizes_fit(self) -> PersonasOptions:
         if self.user_model == "discrete" and self.n_user_types > 2 * self.n_attributes:
             raise ValueError(
                 f"n_user_types ({self.n_user_types}) must be at most 2·n_attributes ({2 * self.n_attributes})"
@@ -319,9 +343,7 @@ class MakeDataConfig(StrictModel):
     )
     seed: int = Field(0, ge=0, description="Generator seed; the same seed gives byte-identical data.")
     pets: PetsOptions = Field(default_factory=PetsOptions, description="Options of the pets generator.")
-    personas: PersonasOptions = Field(
-        default_factory=PersonasOptions, description="Options of the personas generator."
-    )
+    personas: PersonasOptions = Field(default_factory=PersonasOptions, description="Options of the personas generator.")
 
 
 class TinyModelOptions(StrictModel):
@@ -334,7 +356,7 @@ class TinyModelOptions(StrictModel):
     max_position_embeddings: int = Field(1024, ge=64, description="Longest sequence, tokens.")
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> "TinyModelOptions":
+    def _heads_divide_width(self) -> TinyModelOptions:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
         # Head sizes vLLM's CPU attention accepts (vllm/v1/attention/backends/cpu_attn.py); GPU backends
@@ -393,11 +415,13 @@ class EvaluateConfig(StrictModel):
 
     run: str = Field(..., description="Run directory of jobs.train_rm (config.yaml + best/ or last/).")
     data: Optional[str] = Field(
-        None, description="Dataset directory to evaluate on (default: the run's data.dir). When given, results go "
+        None,
+        description="Dataset directory to evaluate on (default: the run's data.dir). When given, results go "
         "to RUN_DIR/eval-<dir name>.json/.md and summaries are cached in RUN_DIR/summaries-<dir name>/.",
     )
     splits: Optional[list[str]] = Field(
-        None, description="Splits to evaluate (default: every split of the dataset except the run's train split "
+        None,
+        description="Splits to evaluate (default: every split of the dataset except the run's train split "
         "and its validation split).",
     )
     checkpoint: Literal["best", "last"] = Field(
@@ -407,7 +431,8 @@ class EvaluateConfig(StrictModel):
     limit: Optional[int] = Field(None, ge=1, description="Evaluate at most this many rows per split (None: all).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to score (auto: cuda if available).")
     ray: Optional[RayConfig] = Field(
-        None, description="conditioning=summary without cached summaries: the Ray to summarize on (default: the "
+        None,
+        description="conditioning=summary without cached summaries: the Ray to summarize on (default: the "
         "run's ray section).",
     )
 
@@ -420,11 +445,13 @@ class CompareConfig(StrictModel):
     """
 
     runs: list[str] | str = Field(
-        ..., description="Run directories: a YAML list ('[runs/a, runs/b]') and/or glob patterns ('runs/pets-*').",
+        ...,
+        description="Run directories: a YAML list ('[runs/a, runs/b]') and/or glob patterns ('runs/pets-*').",
     )
     out: str = Field("runs/compare", description="Output directory for compare.md, compare.json, compare.png.")
     eval_file: str = Field(
-        "eval.json", description="Which evaluation of each run to read (e.g. eval-personas.json from evaluate --data).",
+        "eval.json",
+        description="Which evaluation of each run to read (e.g. eval-personas.json from evaluate --data).",
     )
     splits: Optional[list[str]] = Field(None, description="Splits to show (default: every split in the evaluations).")
     plot_subset: Literal["all", "contested", "agreed"] = Field(
@@ -443,16 +470,22 @@ class PolicyTrainConfig(StrictModel):
     """
 
     algorithm: Literal["grpo", "rloo", "ppo"] = Field(
-        "grpo", description="Advantage estimator: grpo (group-normalised returns), rloo (leave-one-out baseline), "
+        "grpo",
+        description="Advantage estimator: grpo (group-normalised returns), rloo (leave-one-out baseline), "
         "ppo (per-token GAE with a learned critic, advantages whitened over the batch).",
     )
     clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip ε: the ratio is clipped to [1 − ε, 1 + ε].")
-    kl_coef: float = Field(0.01, ge=0, description="Per-token KL penalty coefficient vs the frozen reference (PLUS: 0.01).")
+    kl_coef: float = Field(
+        0.01, ge=0, description="Per-token KL penalty coefficient vs the frozen reference (PLUS: 0.01)."
+    )
     kl_estimator: Literal["k1", "k2", "k3"] = Field(
-        "k1", description="Per-token KL estimator (Schulman's 'Approximating KL'): k1 = log π − log π_ref, "
+        "k1",
+        description="Per-token KL estimator (Schulman's 'Approximating KL'): k1 = log π − log π_ref, "
         "k2 = ½(log π − log π_ref)², k3 = exp(log π_ref − log π) − (log π_ref − log π) − 1.",
     )
-    reward_clip: float = Field(10.0, gt=0, description="The sequence score is clipped to [−reward_clip, reward_clip] (PLUS: 10).")
+    reward_clip: float = Field(
+        10.0, gt=0, description="The sequence score is clipped to [−reward_clip, reward_clip] (PLUS: 10)."
+    )
     scale_advantages: bool = Field(
         True, description="grpo: divide by the group's sample std (False: only centre, as Dr. GRPO)."
     )
@@ -472,7 +505,9 @@ class PolicyTrainConfig(StrictModel):
         description="ppo: optimizer of the critic (the summarizer's backbone with a fresh scalar per-token head).",
     )
     critic_warmup_iterations: int = Field(
-        0, ge=0, description="ppo: train only the critic (policy frozen) for this many first iterations, so the "
+        0,
+        ge=0,
+        description="ppo: train only the critic (policy frozen) for this many first iterations, so the "
         "first policy updates see a fitted baseline.",
     )
 
@@ -492,24 +527,43 @@ class PlusConfig(StrictModel):
     policy.epochs times.
     """
 
-    run_dir: str = Field("runs/plus", description="Output: config.yaml, metrics.jsonl, tb/, best/, last/, train_summary.json.")
-    seed: int = Field(0, description="Seed of data order, sampling (per request: seed, iteration, row) and initialisation.")
-    data: DataConfig = Field(..., description="Dataset directory; data.split is not used (see train_split, rm.eval_split).")
+    run_dir: str = Field(
+        "runs/plus", description="Output: config.yaml, metrics.jsonl, tb/, best/, last/, train_summary.json."
+    )
+    seed: int = Field(
+        0, description="Seed of data order, sampling (per request: seed, iteration, row) and initialisation."
+    )
+    data: DataConfig = Field(
+        ..., description="Dataset directory; data.split is not used (see train_split, rm.eval_split)."
+    )
     train_split: str = Field("train", description="Split the users' contexts and held-out pairs are drawn from.")
-    models: ModelsConfig = Field(..., description="models.summarizer (policy + frozen reference) and models.reward_model (backbone), both required.")
+    models: ModelsConfig = Field(
+        ...,
+        description="models.summarizer (policy + frozen reference) and models.reward_model (backbone), both required.",
+    )
     iterations: int = Field(50, ge=1, description="PLUS iterations (one rollout batch and its updates each).")
-    users_per_iter: int = Field(8, ge=1, description="Training examples (user contexts) sampled per iteration, epoch-shuffled.")
-    eval_every: int = Field(10, ge=1, description="Validate (greedy summaries → RM accuracy) every this many iterations, and at the last.")
-    eval_limit: Optional[int] = Field(64, ge=1, description="Validate on at most this many rows of rm.eval_split (None: all).")
+    users_per_iter: int = Field(
+        8, ge=1, description="Training examples (user contexts) sampled per iteration, epoch-shuffled."
+    )
+    eval_every: int = Field(
+        10, ge=1, description="Validate (greedy summaries → RM accuracy) every this many iterations, and at the last."
+    )
+    eval_limit: Optional[int] = Field(
+        64, ge=1, description="Validate on at most this many rows of rm.eval_split (None: all)."
+    )
     eval_backend: Literal["vllm", "hf"] = Field(
-        "hf", description="Engine of the greedy validation summarizer (a second rollout actor, synced at each "
+        "hf",
+        description="Engine of the greedy validation summarizer (a second rollout actor, synced at each "
         "validation): hf starts in a second; a second vllm engine doubles rollout start-up time and memory on CPU.",
     )
     rm_updates_per_iter: int = Field(
-        1, ge=0, description="Reward-model optimizer steps per iteration on the iteration's summaries (rm_pairs='user': fresh pairs each step; the paper's code: 1, alternating 1:1 with the summarizer)."
+        1,
+        ge=0,
+        description="Reward-model optimizer steps per iteration on the iteration's summaries (rm_pairs='user': fresh pairs each step; the paper's code: 1, alternating 1:1 with the summarizer).",
     )
     rm_pairs: Literal["target", "user"] = Field(
-        "target", description="What the reward model trains on, per sampled summary z of a user's context: 'target' "
+        "target",
+        description="What the reward model trains on, per sampled summary z of a user's context: 'target' "
         "(the paper's scheme) — the held-out pair z was scored on, so an update sees users_per_iter distinct pairs, each "
         "under n_samples summaries; 'user' — each update draws held-out pairs of the same user (other examples' target "
         "pairs, never one of the context's pairs; distinct across the user's n_samples summaries while it has enough): "
@@ -517,30 +571,48 @@ class PlusConfig(StrictModel):
         "worse, mostly out of distribution (pets_ood contested 0.63 vs 0.84 mean). The summarizer's reward always "
         "uses the target pair.",
     )
-    freeze_summarizer: bool = Field(False, description="Ablation: never update the summarizer (weights stay version 0's).")
+    freeze_summarizer: bool = Field(
+        False, description="Ablation: never update the summarizer (weights stay version 0's)."
+    )
     freeze_reward_model: bool = Field(False, description="Ablation: never update the reward model.")
     rollout: RolloutConfig = Field(
-        default_factory=lambda: RolloutConfig(n_samples=4), description="Summary sampling; n_samples is the GRPO group size (≥ 2)."
+        default_factory=lambda: RolloutConfig(n_samples=4),
+        description="Summary sampling; n_samples is the GRPO group size (≥ 2).",
     )
-    policy: PolicyTrainConfig = Field(default_factory=PolicyTrainConfig, description="Summarizer RL (algorithm grpo, rloo or ppo).")
+    policy: PolicyTrainConfig = Field(
+        default_factory=PolicyTrainConfig, description="Summarizer RL (algorithm grpo, rloo or ppo)."
+    )
     rm: RewardTrainConfig = Field(
         default_factory=lambda: RewardTrainConfig(conditioning="summary"),
         description="Reward model: conditioning must be 'summary'; batch_size/steps/eval_every unused (see above).",
     )
     deepspeed: DeepSpeedConfig = Field(
-        default_factory=lambda: DeepSpeedConfig(num_ranks=1), description="Ranks per training group (policy and reward model each)."
+        default_factory=lambda: DeepSpeedConfig(num_ranks=1),
+        description="Ranks per training group (policy and reward model each).",
     )
     ray: RayConfig = Field(default_factory=RayConfig, description="Where Ray runs (local 2-CPU Ray on the laptop).")
-    rollout_resources: ActorResources = Field(default_factory=ActorResources, description="The rollout actor (and the greedy eval actor's engine).")
+    rollout_resources: ActorResources = Field(
+        default_factory=ActorResources, description="The rollout actor (and the greedy eval actor's engine)."
+    )
     policy_resources: ActorResources = Field(default_factory=ActorResources, description="EACH summarizer policy rank.")
     rm_resources: ActorResources = Field(default_factory=ActorResources, description="EACH reward-model rank.")
-    reference_resources: ActorResources = Field(default_factory=ActorResources, description="The frozen reference summarizer.")
-    critic_resources: ActorResources = Field(default_factory=ActorResources, description="EACH critic rank (policy.algorithm=ppo only).")
+    reference_resources: ActorResources = Field(
+        default_factory=ActorResources, description="The frozen reference summarizer."
+    )
+    critic_resources: ActorResources = Field(
+        default_factory=ActorResources, description="EACH critic rank (policy.algorithm=ppo only)."
+    )
     checkpoint_every: int = Field(
-        10, ge=1, description="Write run_dir/checkpoint/ (policy, reward model, critic: weights + optimizer + RNG; "
+        10,
+        ge=1,
+        description="Write run_dir/checkpoint/ (policy, reward model, critic: weights + optimizer + RNG; "
         "data position, weight version) every this many iterations and at the last; `--resume RUN_DIR` continues from it.",
     )
-    show: int = Field(3, ge=0, description="Print this many greedy validation summaries (with the true user description) per validation.")
+    show: int = Field(
+        3,
+        ge=0,
+        description="Print this many greedy validation summaries (with the true user description) per validation.",
+    )
 
     @property
     def rollout_batch(self) -> int:
@@ -552,26 +624,35 @@ class PlusConfig(StrictModel):
     def _plus_section_defaults(cls, data):
         """A partly given section (e.g. only rollout.max_new_tokens) keeps PLUS's defaults for the rest."""
         if isinstance(data, dict):
-            for key, default in (("rollout", {"n_samples": 4}), ("rm", {"conditioning": "summary"}),
-                                 ("deepspeed", {"num_ranks": 1})):
+            for key, default in (
+                ("rollout", {"n_samples": 4}),
+                ("rm", {"conditioning": "summary"}),
+                ("deepspeed", {"num_ranks": 1}),
+            ):
                 if isinstance(data.get(key), dict):
                     data = {**data, key: {**default, **data[key]}}
         return data
 
     @model_validator(mode="after")
-    def _consistent(self) -> "PlusConfig":
+    def _consistent(self) -> PlusConfig:
         if not self.models.summarizer or not self.models.reward_model:
             raise ValueError("models.summarizer and models.reward_model are both required (PLUS trains both)")
         if self.rm.conditioning != "summary":
             raise ValueError(f"rm.conditioning must be 'summary' for PLUS, got {self.rm.conditioning!r}")
         if self.rollout.n_samples < 2 and self.policy.algorithm != "ppo":
-            raise ValueError("rollout.n_samples must be ≥ 2 for grpo/rloo: they need a group to form a baseline "
-                             "(policy.algorithm=ppo learns a critic instead and works with 1)")
+            raise ValueError(
+                "rollout.n_samples must be ≥ 2 for grpo/rloo: they need a group to form a baseline "
+                "(policy.algorithm=ppo learns a critic instead and works with 1)"
+            )
         if self.rollout.temperature == 0:
-            raise ValueError("rollout.temperature must be > 0: greedy samples of one group are identical (zero advantage)")
+            raise ValueError(
+                "rollout.temperature must be > 0: greedy samples of one group are identical (zero advantage)"
+            )
         n, ranks = self.rollout_batch, self.deepspeed.num_ranks
         if n % ranks:
-            raise ValueError(f"users_per_iter × rollout.n_samples ({n}) must be divisible by deepspeed.num_ranks ({ranks})")
+            raise ValueError(
+                f"users_per_iter × rollout.n_samples ({n}) must be divisible by deepspeed.num_ranks ({ranks})"
+            )
         if n % self.policy.minibatch_size or self.policy.minibatch_size % ranks:
             raise ValueError(
                 f"policy.minibatch_size ({self.policy.minibatch_size}) must divide users_per_iter × rollout.n_samples "
@@ -597,7 +678,9 @@ class BatchedServeDeployment(ServeDeployment):
     """A model deployment whose replicas batch concurrent requests (``serve.batch``)."""
 
     max_batch_size: int = Field(
-        8, ge=1, description="Largest batch one forward pass takes (summarizer: contexts; reward model: "
+        8,
+        ge=1,
+        description="Largest batch one forward pass takes (summarizer: contexts; reward model: "
         "responses, summed over the batched requests).",
     )
     batch_wait_timeout_s: float = Field(
@@ -616,7 +699,9 @@ def _with_defaults(defaults: dict, given: dict) -> dict:
     """``given`` over ``defaults``, nested dicts merged key by key."""
     out = dict(defaults)
     for key, value in given.items():
-        out[key] = _with_defaults(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _with_defaults(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -642,7 +727,9 @@ class ServeDeployments(StrictModel):
         """A partly given deployment (e.g. only reward_model.num_replicas) keeps the defaults above for the rest."""
         if isinstance(data, dict):
             data = {
-                k: _with_defaults(_SERVE_DEPLOYMENT_DEFAULTS[k], v) if k in _SERVE_DEPLOYMENT_DEFAULTS and isinstance(v, dict) else v
+                k: _with_defaults(_SERVE_DEPLOYMENT_DEFAULTS[k], v)
+                if k in _SERVE_DEPLOYMENT_DEFAULTS and isinstance(v, dict)
+                else v
                 for k, v in data.items()
             }
         return data
@@ -667,14 +754,17 @@ class ServeAuth(StrictModel):
     """Bearer-token auth on every route but /healthz."""
 
     token_env: str = Field(
-        "RLHF_SERVE_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        "RLHF_SERVE_TOKEN",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="Environment variable that holds the token (read where the app is built).",
     )
     token: Optional[SecretStr] = Field(
-        None, description="The token itself; overrides token_env. Prefer the environment: config files get shared.",
+        None,
+        description="The token itself; overrides token_env. Prefer the environment: config files get shared.",
     )
     public_docs: bool = Field(
-        False, description="Serve /docs and /openapi.json without a token (a browser cannot send one to /docs).",
+        False,
+        description="Serve /docs and /openapi.json without a token (a browser cannot send one to /docs).",
     )
 
 
@@ -689,24 +779,30 @@ class ServeConfig(StrictModel):
     """
 
     run_dir: Optional[str] = Field(
-        None, description="Run directory of jobs.plus or jobs.train_rm (config.yaml + best/ or last/).",
+        None,
+        description="Run directory of jobs.plus or jobs.train_rm (config.yaml + best/ or last/).",
     )
     checkpoint: Literal["best", "last"] = Field(
         "best", description="Which checkpoint of run_dir (best falls back to last with a notice)."
     )
     models: ModelsConfig = Field(
-        default_factory=ModelsConfig, description="Explicit checkpoint paths (override run_dir's) and dtype.",
+        default_factory=ModelsConfig,
+        description="Explicit checkpoint paths (override run_dir's) and dtype.",
     )
     conditioning: Optional[Literal["bt", "oracle", "context", "summary"]] = Field(
-        None, description="What the reward model reads before the prompt. Default: the run's rm.conditioning "
+        None,
+        description="What the reward model reads before the prompt. Default: the run's rm.conditioning "
         "(PLUS: summary); 'summary' without a run. oracle and summary runs read the summary text; context "
         "runs read a request's raw context; bt reads nothing.",
     )
     max_length: Optional[int] = Field(
-        None, ge=16, description="Longest reward input, tokens (default: the run's rm.max_length, else 512).",
+        None,
+        ge=16,
+        description="Longest reward input, tokens (default: the run's rm.max_length, else 512).",
     )
     truncation_side: Optional[Literal["left", "right"]] = Field(
-        None, description="Which end of a too-long reward input is cut (default: the run's, else left).",
+        None,
+        description="Which end of a too-long reward input is cut (default: the run's, else left).",
     )
     rollout: RolloutConfig = Field(
         default_factory=lambda: RolloutConfig(**_SERVE_ROLLOUT_DEFAULTS),
@@ -715,10 +811,13 @@ class ServeConfig(StrictModel):
     )
     seed: int = Field(0, description="Seed of sampled summaries and of an untrained reward head (smoke tests).")
     store_path: str = Field(
-        "runs/serve/summaries.sqlite", description="SQLite file of stored user summaries (created if missing; on "
+        "runs/serve/summaries.sqlite",
+        description="SQLite file of stored user summaries (created if missing; on "
         "a multi-node cluster a path every ingress replica's node can reach).",
     )
-    deployments: ServeDeployments = Field(default_factory=ServeDeployments, description="Replicas, resources, batching.")
+    deployments: ServeDeployments = Field(
+        default_factory=ServeDeployments, description="Replicas, resources, batching."
+    )
     limits: ServeLimits = Field(default_factory=ServeLimits, description="Request limits of the HTTP API.")
     auth: ServeAuth = Field(default_factory=ServeAuth, description="Bearer-token auth.")
 
@@ -731,11 +830,15 @@ class ServeConfig(StrictModel):
         return data
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ServeConfig":
+    def _consistent(self) -> ServeConfig:
         if not self.run_dir and not self.models.reward_model:
-            raise ValueError("give run_dir (a jobs.plus or jobs.train_rm run) or models.reward_model (a checkpoint path)")
+            raise ValueError(
+                "give run_dir (a jobs.plus or jobs.train_rm run) or models.reward_model (a checkpoint path)"
+            )
         if self.rollout.n_samples != 1:
-            raise ValueError(f"rollout.n_samples must be 1 when serving (one summary per request), got {self.rollout.n_samples}")
+            raise ValueError(
+                f"rollout.n_samples must be 1 when serving (one summary per request), got {self.rollout.n_samples}"
+            )
         batch = self.deployments.reward_model.max_batch_size
         if self.limits.max_responses > batch:
             raise ValueError(

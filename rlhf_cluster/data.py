@@ -44,9 +44,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -73,7 +74,7 @@ Format = Literal["auto", "rlhf_cluster", "plus"]
 class DataError(ValueError):
     """A data file a user must fix. The message names the file, the row and the field."""
 
-    def __init__(self, message: str, problems: list["Problem"] | None = None):
+    def __init__(self, message: str, problems: list[Problem] | None = None):
         super().__init__(message)
         self.problems = problems or []
 
@@ -277,12 +278,16 @@ def _detect_format(src: _Source, fmt: Format) -> str:
     if fmt == "auto":
         fmt = "plus" if "prompt" not in cols and cols.intersection(plus_prompts) else "rlhf_cluster"
     if fmt == "plus" and not cols.intersection(plus_prompts):
-        raise DataError(f"{src.path}: not PLUS format: no column {', '.join(plus_prompts)}; "
-                        f"columns present: {', '.join(src.columns)}")
+        raise DataError(
+            f"{src.path}: not PLUS format: no column {', '.join(plus_prompts)}; "
+            f"columns present: {', '.join(src.columns)}"
+        )
     missing = [c for c in REQUIRED_FIELDS if c not in cols]
     if fmt == "rlhf_cluster" and missing:
-        raise DataError(f"{src.path}: missing required column(s) {', '.join(missing)}; columns present: "
-                        f"{', '.join(src.columns)} (PLUS files have reward_prompt/train_prompt/eval_prompt)")
+        raise DataError(
+            f"{src.path}: missing required column(s) {', '.join(missing)}; columns present: "
+            f"{', '.join(src.columns)} (PLUS files have reward_prompt/train_prompt/eval_prompt)"
+        )
     return fmt
 
 
@@ -402,8 +407,10 @@ def _checker(typ: pa.DataType) -> Callable[[Any], tuple[str, str] | None]:
 
         return check_struct
     ok = (
-        (lambda v: isinstance(v, str)) if pa.types.is_string(typ)
-        else (lambda v: isinstance(v, bool)) if pa.types.is_boolean(typ)
+        (lambda v: isinstance(v, str))
+        if pa.types.is_string(typ)
+        else (lambda v: isinstance(v, bool))
+        if pa.types.is_boolean(typ)
         else (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
     )
     return lambda v: None if v is None or ok(v) else ("", f"expected {_type_words(typ)}, got {_kind(v)} {_short(v)}")
@@ -416,8 +423,9 @@ def _conform_table(table: pa.Table, path: Path) -> pa.Table:
     for f in _LOOSE:
         if f.name not in table.column_names:
             if f.name in REQUIRED_FIELDS:
-                raise DataError(f"{path}: missing required column '{f.name}'; columns present: "
-                                f"{', '.join(table.column_names)}")
+                raise DataError(
+                    f"{path}: missing required column '{f.name}'; columns present: {', '.join(table.column_names)}"
+                )
             empty = f.name == "context_messages"
             cols.append(pa.array([[] if empty else None] * n, f.type))
             continue
@@ -499,8 +507,11 @@ def _plus_messages(value: Any, key: str) -> list[dict]:
         value = [m for conversation in value for m in conversation]  # a list of conversations
     if isinstance(value, list) and all(isinstance(m, dict) for m in value):
         return [{"role": m.get("role"), "content": m.get("content")} for m in value]
-    raise _RowProblem(key, f"expected a list of {{role, content}} messages, a list of conversations or a "
-                           f"string, got {_kind(value)} {_short(value)}")
+    raise _RowProblem(
+        key,
+        f"expected a list of {{role, content}} messages, a list of conversations or a "
+        f"string, got {_kind(value)} {_short(value)}",
+    )
 
 
 def _plus_prompt(value: Any, key: str) -> Any:
@@ -531,8 +542,11 @@ def _value_problems(t: pa.Table) -> list[tuple[int, str, str]]:
         out += _rows(pc.is_null(col), name, "is missing or null")
         out += _rows(_is_blank(col), name, "is empty or whitespace-only")
     out += _rows(pc.is_null(_array(t, "context")), "context", "is missing or null (use [] for no context)")
-    out += _rows(pc.equal(_array(t, "chosen"), _array(t, "rejected")), "chosen",
-                 "chosen == rejected: the pair states no preference")
+    out += _rows(
+        pc.equal(_array(t, "chosen"), _array(t, "rejected")),
+        "chosen",
+        "chosen == rejected: the pair states no preference",
+    )
     out += _context_problems(t)
     out += _message_problems(t)
     return out
@@ -544,12 +558,16 @@ def _context_problems(t: pa.Table) -> list[tuple[int, str, str]]:
     fields = {k: pc.struct_field(flat, k) for k in ("prompt", "chosen", "rejected")}
     checks = [(pc.is_null(flat), "", "is null")]
     for k, col in fields.items():
-        checks += [(pc.is_null(col), f".{k}", "is missing or null"), (_is_blank(col), f".{k}", "is empty or "
-                   "whitespace-only")]
+        checks += [
+            (pc.is_null(col), f".{k}", "is missing or null"),
+            (_is_blank(col), f".{k}", "is empty or whitespace-only"),
+        ]
     checks.append((pc.equal(fields["chosen"], fields["rejected"]), "", "chosen == rejected in a context pair"))
     tp, tc, tr = (pc.take(_array(t, k), parents) for k in ("prompt", "chosen", "rejected"))
-    same_pair = pc.or_(pc.and_(pc.equal(fields["chosen"], tc), pc.equal(fields["rejected"], tr)),
-                       pc.and_(pc.equal(fields["chosen"], tr), pc.equal(fields["rejected"], tc)))
+    same_pair = pc.or_(
+        pc.and_(pc.equal(fields["chosen"], tc), pc.equal(fields["rejected"], tr)),
+        pc.and_(pc.equal(fields["chosen"], tr), pc.equal(fields["rejected"], tc)),
+    )
     leak = pc.and_(pc.equal(fields["prompt"], tp), same_pair)
     checks.append((leak, "", "the target pair appears in its own context (label leak)"))
     return _nested_rows(parents, "context", checks)
@@ -621,7 +639,7 @@ def _warn_ignored(path: Path, columns: list[str]) -> None:
 def _rename(path: str, names: dict[str, str]) -> str:
     """A field path with its column renamed to the source file's column ("prompt" -> "train_prompt")."""
     head = path.split("[")[0].split(".")[0]
-    return names.get(head, head) + path[len(head):]
+    return names.get(head, head) + path[len(head) :]
 
 
 def _strict(t: pa.Table) -> pa.Table:
@@ -691,7 +709,9 @@ def same_user_pair_rows(examples: pa.Table) -> list[np.ndarray]:
     Row i itself is a candidate unless its own target pair is in its context."""
     users = examples.column("user_id").to_pylist()
     targets = list(zip(*(examples.column(k).to_pylist() for k in ("prompt", "chosen", "rejected"))))
-    contexts = [tuple((p["prompt"], p["chosen"], p["rejected"]) for p in ctx) for ctx in examples.column("context").to_pylist()]
+    contexts = [
+        tuple((p["prompt"], p["chosen"], p["rejected"]) for p in ctx) for ctx in examples.column("context").to_pylist()
+    ]
     rows_of: dict[str, list[int]] = {}
     for i, user in enumerate(users):
         rows_of.setdefault(user, []).append(i)

@@ -20,8 +20,8 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
@@ -167,7 +167,9 @@ class DeepSpeedRank:
     world_size: int
     engine = None
 
-    def _init_distributed(self, rank: int, world_size: int, master_addr: str, master_port: int, ds: DeepSpeedConfig) -> None:
+    def _init_distributed(
+        self, rank: int, world_size: int, master_addr: str, master_port: int, ds: DeepSpeedConfig
+    ) -> None:
         os.environ.update(rank_env(rank, world_size, master_addr, master_port))
         self.rank, self.world_size, self.ds = rank, world_size, ds
         self.gpu = uses_gpu()
@@ -178,8 +180,13 @@ class DeepSpeedRank:
 
         if not self.gpu:
             _skip_shm_comm_build(deepspeed)
-        deepspeed.init_distributed(dist_backend=choose_backend(ds.backend, self.gpu), auto_mpi_discovery=False,
-                                   rank=rank, world_size=world_size, verbose=False)
+        deepspeed.init_distributed(
+            dist_backend=choose_backend(ds.backend, self.gpu),
+            auto_mpi_discovery=False,
+            rank=rank,
+            world_size=world_size,
+            verbose=False,
+        )
         self.global_step = 0
 
     def _build_engine(self, model: torch.nn.Module, optim: OptimConfig, global_batch_size: int) -> None:
@@ -213,7 +220,9 @@ class DeepSpeedRank:
             global_loss /= self.world_size
         value = global_loss.item()
         if not math.isfinite(value):
-            raise NonFiniteLossError(f"non-finite loss ({value}) at step {step}; optimizer not stepped, weights unchanged")
+            raise NonFiniteLossError(
+                f"non-finite loss ({value}) at step {step}; optimizer not stepped, weights unchanged"
+            )
         lr = self.engine.get_lr()[0]
         self.engine.backward(loss)
         grad_norm = self._stage0_grad_norm()
@@ -251,9 +260,14 @@ class DeepSpeedRank:
             return module_checksum(module)
 
     def info(self) -> dict:
-        return {"rank": self.rank, "world_size": self.world_size, "device": str(self.device),
-                "zero_stage": self.ds.zero_stage, "startup_s": round(getattr(self, "startup_s", 0.0), 2),
-                "step": self.global_step}
+        return {
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "device": str(self.device),
+            "zero_stage": self.ds.zero_stage,
+            "startup_s": round(getattr(self, "startup_s", 0.0), 2),
+            "step": self.global_step,
+        }
 
     # ------------------------------------------------------------ training state (exact resume)
 
@@ -270,8 +284,9 @@ class DeepSpeedRank:
         """Restore what ``save_state`` wrote (every rank must call); returns the restored step count."""
         if not (Path(directory) / tag).is_dir():  # DeepSpeed would fail on a bare assert
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
-        path, client = self.engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True,
-                                                   load_lr_scheduler_states=True)
+        path, client = self.engine.load_checkpoint(
+            directory, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         if path is None:
             raise FileNotFoundError(f"DeepSpeed found no loadable checkpoint {tag!r} under {directory}")
         self.global_step = int(client["global_step"])

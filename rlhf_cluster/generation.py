@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
@@ -202,4 +203,3 @@ def _eos_ids(model, tokenizer) -> list[int]:
     eos = model.generation_config.eos_token_id
     eos = eos if eos is not None else tokenizer.eos_token_id
     return list(eos) if isinstance(eos, (list, tuple)) else [eos]
-

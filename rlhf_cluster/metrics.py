@@ -24,8 +24,9 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,10 +34,36 @@ RESERVED_KEYS = ("step", "split", "time")
 
 # t(0.975, df) for df = 1..30 (computed with mpmath's regularized incomplete beta to 10 digits).
 _T975 = (
-    12.70620474, 4.30265273, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252, 2.306004135,
-    2.262157163, 2.228138852, 2.20098516, 2.17881283, 2.160368656, 2.144786688, 2.131449546, 2.119905299,
-    2.109815578, 2.10092204, 2.093024054, 2.085963447, 2.079613845, 2.073873068, 2.06865761, 2.063898562,
-    2.059538553, 2.055529439, 2.051830516, 2.048407142, 2.045229642, 2.042272456,
+    12.70620474,
+    4.30265273,
+    3.182446305,
+    2.776445105,
+    2.570581836,
+    2.446911851,
+    2.364624252,
+    2.306004135,
+    2.262157163,
+    2.228138852,
+    2.20098516,
+    2.17881283,
+    2.160368656,
+    2.144786688,
+    2.131449546,
+    2.119905299,
+    2.109815578,
+    2.10092204,
+    2.093024054,
+    2.085963447,
+    2.079613845,
+    2.073873068,
+    2.06865761,
+    2.063898562,
+    2.059538553,
+    2.055529439,
+    2.051830516,
+    2.048407142,
+    2.045229642,
+    2.042272456,
 )
 _Z975 = 1.959963984540054
 
@@ -94,7 +121,7 @@ class MetricsLogger:
             self._writer.close()
             self._writer = None
 
-    def __enter__(self) -> "MetricsLogger":
+    def __enter__(self) -> MetricsLogger:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -184,8 +211,13 @@ def summary_information(user_ids: Sequence[str], summaries: Sequence[str], truth
         first.setdefault(u, (z, t))
     n = len(first)
     if n == 0:
-        return {"n_users": 0, "distinct_summaries": 0, "truth_entropy_bits": None,
-                "conditional_entropy_bits": None, "majority_share": None}
+        return {
+            "n_users": 0,
+            "distinct_summaries": 0,
+            "truth_entropy_bits": None,
+            "conditional_entropy_bits": None,
+            "majority_share": None,
+        }
     joint: dict[str, Counter] = {}  # summary → counts of truths
     for z, t in first.values():
         joint.setdefault(z, Counter())[t] += 1
@@ -255,5 +287,6 @@ def _mean_or_none(x: np.ndarray) -> float | None:
 
 def summary_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """Markdown bullets of sample summaries: user, summary, and the generator's description when known."""
-    return [f"- `{r['user_id']}`: {r['summary']!r}" + (f" — truth: {r['truth']}" if r.get("truth") else "")
-            for r in rows]
+    return [
+        f"- `{r['user_id']}`: {r['summary']!r}" + (f" — truth: {r['truth']}" if r.get("truth") else "") for r in rows
+    ]

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from transformers import (
@@ -217,8 +217,10 @@ def pretrain_causal_lm(
         if step == 1 or step % log_every == 0 or step == steps:
             secs = time.perf_counter() - start
             curve.append([step, round(losses[-1], 4)])
-            log(f"[{name}] step {step}/{steps} loss {losses[-1]:.4f} lr {sched.get_last_lr()[0]:.2e} "
-                f"tok/s {step * batch_size * seq_len / secs:,.0f}")
+            log(
+                f"[{name}] step {step}/{steps} loss {losses[-1]:.4f} lr {sched.get_last_lr()[0]:.2e} "
+                f"tok/s {step * batch_size * seq_len / secs:,.0f}"
+            )
     model.eval()
     seconds = time.perf_counter() - start
     report.update(

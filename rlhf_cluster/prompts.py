@@ -9,11 +9,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-SUMMARY_REQUEST = (
-    "Summarize this user's preferences in a few words, so that an assistant can personalize its answers."
-)
+import pyarrow as pa
+
+from rlhf_cluster.config import RolloutConfig
+from rlhf_cluster.schema import ROLLOUT_REQUEST_SCHEMA
+
+SUMMARY_REQUEST = "Summarize this user's preferences in a few words, so that an assistant can personalize its answers."
 REWARD_CONDITIONING = (
     "Here is the summary of my preferences based on previous conversations: {summary} "
     "In the following conversation, keep this in mind to personalize your response."
@@ -59,3 +63,35 @@ def chat_token_ids(tokenizer, messages: list[dict[str, str]], add_generation_pro
     """
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+class PromptTooLong(ValueError):
+    """A summarizer prompt that leaves no room for the summary in rollout.max_model_len."""
+
+
+def build_requests(examples: pa.Table, tokenizer, rollout: RolloutConfig, seed: int) -> pa.Table:
+    """One rollout request per example: the chat-rendered summarizer prompt as token ids."""
+    budget = rollout.max_model_len - rollout.max_new_tokens
+    ids, too_long = [], []
+    for i, row in enumerate(examples.to_pylist()):
+        toks = chat_token_ids(tokenizer, summarizer_messages(row, rollout.max_context_pairs))
+        if len(toks) > budget:
+            too_long.append((i, row["user_id"], len(toks)))
+        ids.append(toks)
+    if too_long:
+        i, user, n = too_long[0]
+        raise PromptTooLong(
+            f"{len(too_long)} summarizer prompts exceed rollout.max_model_len - rollout.max_new_tokens = {budget} "
+            f"tokens (first: row {i}, user {user}: {n} tokens); raise rollout.max_model_len or lower "
+            "rollout.max_context_pairs"
+        )
+    n = examples.num_rows
+    return pa.Table.from_pydict(
+        {
+            "request_id": list(range(n)),
+            "user_id": examples.column("user_id").to_pylist(),
+            "prompt_token_ids": ids,
+            "seed": [seed * 1_000_003 + i for i in range(n)],
+        },
+        schema=ROLLOUT_REQUEST_SCHEMA,
+    )

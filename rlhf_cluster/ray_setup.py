@@ -11,7 +11,7 @@ into an error that names the roles and the totals before any actor is created.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from rlhf_cluster.config import ActorResources, RayConfig
 

@@ -14,35 +14,17 @@ conditioning and keeps the response, where the reward is read; "right" cuts the 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import pyarrow as pa
 import torch
 
 from rlhf_cluster.prompts import chat_token_ids, render_context, reward_messages
-from rlhf_cluster.schema import REWARD_PAIR_SCHEMA
+from rlhf_cluster.schema import REWARD_PAIR_SCHEMA, check_batch
 from rlhf_cluster.tensors import pad_list_column
 
 Conditioning = Literal["bt", "oracle", "context", "summary"]
-
-
-class BatchError(ValueError):
-    """A batch that does not have the documented schema, or has no rows."""
-
-
-def check_batch(table: pa.Table, schema: pa.Schema, where: str) -> None:
-    """Raise BatchError naming ``where`` unless ``table`` is a non-empty table with ``schema``."""
-    if not isinstance(table, pa.Table):
-        raise BatchError(f"{where}: expected a pyarrow.Table, got {type(table).__name__}")
-    if table.num_rows == 0:
-        raise BatchError(f"{where}: the batch has no rows")
-    if not table.schema.equals(schema, check_metadata=False):
-        missing = [n for n in schema.names if n not in table.schema.names]
-        extra = [n for n in table.schema.names if n not in schema.names]
-        raise BatchError(
-            f"{where}: batch schema mismatch (missing {missing}, unexpected {extra})\n got: {table.schema}\n"
-            f" expected: {schema}"
-        )
 
 
 # -------------------------------------------------------------------------------- conditioning
@@ -62,14 +44,18 @@ def conditioning_texts(
         desc = examples.column("user_description").to_pylist()
         missing = [i for i, d in enumerate(desc) if not d]
         if missing:
-            raise ValueError(f"conditioning=oracle needs user_description; row {missing[0]} (and {len(missing) - 1} more) has none")
+            raise ValueError(
+                f"conditioning=oracle needs user_description; row {missing[0]} (and {len(missing) - 1} more) has none"
+            )
         return desc
     if mode == "context":
         ctx, msgs = examples.column("context").to_pylist(), examples.column("context_messages").to_pylist()
         return [render_context(c, m, max_context_pairs) for c, m in zip(ctx, msgs)]
     if mode == "summary":
         if summaries is None or len(summaries) != n:
-            raise ValueError(f"conditioning=summary needs one summary per example ({n}), got {None if summaries is None else len(summaries)}")
+            raise ValueError(
+                f"conditioning=summary needs one summary per example ({n}), got {None if summaries is None else len(summaries)}"
+            )
         return list(summaries)
     raise ValueError(f"unknown conditioning mode {mode!r}; expected bt, oracle, context or summary")
 
@@ -132,8 +118,12 @@ def encode_sequences(
     width = min(max(len(x) for x in ids), max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids, mask = pad_list_column(
-        pa.array(ids, pa.list_(pa.int32())), pad, side="right", max_len=width,
-        truncate_side=truncation_side, name="reward input_ids",
+        pa.array(ids, pa.list_(pa.int32())),
+        pad,
+        side="right",
+        max_len=width,
+        truncate_side=truncation_side,
+        name="reward input_ids",
     )
     return EncodedSequences(input_ids, mask, [len(x) > max_length for x in ids])
 
@@ -145,8 +135,12 @@ def encode_pairs(
     check_batch(batch, REWARD_PAIR_SCHEMA, "encode_pairs")
     cols = batch.to_pydict()
     enc = encode_sequences(
-        tokenizer, cols["conditioning"] * 2, cols["prompt"] * 2, cols["chosen"] + cols["rejected"],
-        max_length, truncation_side,
+        tokenizer,
+        cols["conditioning"] * 2,
+        cols["prompt"] * 2,
+        cols["chosen"] + cols["rejected"],
+        max_length,
+        truncation_side,
     )
     return EncodedPairs(enc.input_ids, enc.attention_mask, batch.num_rows, sum(enc.truncated))
 

@@ -185,3 +185,25 @@ TOKEN_VALUES_SCHEMA = pa.schema(
     [pa.field("values", pa.list_(pa.float32()), nullable=False)],  # [summary_len]
     metadata={"rlhf_cluster.schema": "token_values/v1"},
 )
+
+
+# ------------------------------------------------------------------------------------ checking
+
+
+class BatchError(ValueError):
+    """A batch that does not have the documented schema, or has no rows."""
+
+
+def check_batch(table: pa.Table, schema: pa.Schema, where: str) -> None:
+    """Raise BatchError naming ``where`` unless ``table`` is a non-empty table with ``schema``."""
+    if not isinstance(table, pa.Table):
+        raise BatchError(f"{where}: expected a pyarrow.Table, got {type(table).__name__}")
+    if table.num_rows == 0:
+        raise BatchError(f"{where}: the batch has no rows")
+    if not table.schema.equals(schema, check_metadata=False):
+        missing = [n for n in schema.names if n not in table.schema.names]
+        extra = [n for n in table.schema.names if n not in schema.names]
+        raise BatchError(
+            f"{where}: batch schema mismatch (missing {missing}, unexpected {extra})\n got: {table.schema}\n"
+            f" expected: {schema}"
+        )

@@ -20,15 +20,21 @@ otherwise shift them), and the logprobs match an unpadded forward and vLLM's, wh
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from rlhf_cluster.reward_model import BatchError, check_batch
-from rlhf_cluster.schema import CRITIC_BATCH_SCHEMA, POLICY_BATCH_SCHEMA, TOKEN_LOGPROBS_SCHEMA, TOKEN_VALUES_SCHEMA
+from rlhf_cluster.schema import (
+    CRITIC_BATCH_SCHEMA,
+    POLICY_BATCH_SCHEMA,
+    TOKEN_LOGPROBS_SCHEMA,
+    TOKEN_VALUES_SCHEMA,
+    BatchError,
+    check_batch,
+)
 from rlhf_cluster.tensors import pad_list_column, tensor_to_list_array
 
 TokenLists = pa.Array | pa.ChunkedArray | Sequence[Sequence[int]]
@@ -44,7 +50,7 @@ class SummaryBatch:
     summary_ids: torch.Tensor  # [B, T]
     summary_mask: torch.Tensor  # [B, T], 1 = real summary token
 
-    def to(self, device: torch.device | str) -> "SummaryBatch":
+    def to(self, device: torch.device | str) -> SummaryBatch:
         return SummaryBatch(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
@@ -62,16 +68,20 @@ def encode_summaries(prompt_ids: TokenLists, summary_ids: TokenLists, pad_id: in
     """Token lists (Arrow list columns or Python lists) → a SummaryBatch. Every prompt and every summary
     needs at least one token (the first summary token is predicted from the last prompt token).
     ``pad_id`` only fills padding (masked out); any id in the vocabulary will do."""
-    prompt, prompt_mask = pad_list_column(_list_array(prompt_ids), pad_id, side="left",
-                                          dtype=torch.long, name="prompt_token_ids")
-    summary, summary_mask = pad_list_column(_list_array(summary_ids), pad_id, side="right",
-                                            dtype=torch.long, name="summary_token_ids")
+    prompt, prompt_mask = pad_list_column(
+        _list_array(prompt_ids), pad_id, side="left", dtype=torch.long, name="prompt_token_ids"
+    )
+    summary, summary_mask = pad_list_column(
+        _list_array(summary_ids), pad_id, side="right", dtype=torch.long, name="summary_token_ids"
+    )
     if prompt.shape[0] != summary.shape[0]:
         raise ValueError(f"{prompt.shape[0]} prompts but {summary.shape[0]} summaries")
     for name, mask in (("prompt", prompt_mask), ("summary", summary_mask)):
         empty = torch.nonzero(mask.sum(1) == 0).flatten()
         if len(empty):
-            raise ValueError(f"row {empty[0].item()} has an empty {name} ({len(empty)} such rows); each needs ≥ 1 token")
+            raise ValueError(
+                f"row {empty[0].item()} has an empty {name} ({len(empty)} such rows); each needs ≥ 1 token"
+            )
     attention_mask = torch.cat([prompt_mask, summary_mask], dim=1)
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
     return SummaryBatch(torch.cat([prompt, summary], dim=1), attention_mask, position_ids, summary, summary_mask)
@@ -126,18 +136,33 @@ def summary_logits(
     prompt = input_ids[:, :P]
     unique, inverse = torch.unique(prompt, dim=0, return_inverse=True) if share_prompts else (prompt, None)
     if unique.shape[0] == prompt.shape[0]:
-        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **lm).logits[:, -(T + 1) : -1]
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **lm).logits[
+            :, -(T + 1) : -1
+        ]
     first = torch.empty(unique.shape[0], dtype=torch.long, device=prompt.device)
-    first.scatter_(0, inverse.flip(0), torch.arange(prompt.shape[0] - 1, -1, -1, device=prompt.device))  # a row per prompt
+    first.scatter_(
+        0, inverse.flip(0), torch.arange(prompt.shape[0] - 1, -1, -1, device=prompt.device)
+    )  # a row per prompt
     cache = DynamicCache(config=model.config)
-    head = model(input_ids=prompt[first], attention_mask=attention_mask[first, :P], position_ids=position_ids[first, :P],
-                 past_key_values=cache, use_cache=True, **({"logits_to_keep": 1} if lm else {}))
+    head = model(
+        input_ids=prompt[first],
+        attention_mask=attention_mask[first, :P],
+        position_ids=position_ids[first, :P],
+        past_key_values=cache,
+        use_cache=True,
+        **({"logits_to_keep": 1} if lm else {}),
+    )
     out = head.logits[:, -1:][inverse]  # [B, 1, C]: reads the last prompt token (predicts s_0)
     if T == 1:
         return out
     cache.reorder_cache(inverse)  # [U, …] → [B, …] per layer (index_select: gradients add up)
-    tail = model(input_ids=input_ids[:, P:-1], attention_mask=attention_mask[:, :-1], position_ids=position_ids[:, P:-1],
-                 past_key_values=cache, use_cache=True)
+    tail = model(
+        input_ids=input_ids[:, P:-1],
+        attention_mask=attention_mask[:, :-1],
+        position_ids=position_ids[:, P:-1],
+        past_key_values=cache,
+        use_cache=True,
+    )
     return torch.cat([out, tail.logits], dim=1)
 
 
@@ -185,8 +210,10 @@ def check_token_columns(batch: pa.Table, where: str) -> None:
         raise BatchError(f"{where}: the batch has no rows")
     for name in TOKEN_COLUMNS:
         if name not in batch.schema.names:
-            raise BatchError(f"{where}: batch has no column {name!r} (columns: {batch.schema.names}); "
-                             "expected ROLLOUT_SCHEMA or POLICY_BATCH_SCHEMA rows")
+            raise BatchError(
+                f"{where}: batch has no column {name!r} (columns: {batch.schema.names}); "
+                "expected ROLLOUT_SCHEMA or POLICY_BATCH_SCHEMA rows"
+            )
         if batch.schema.field(name).type != pa.list_(pa.int32()):
             raise BatchError(f"{where}: column {name!r} is {batch.schema.field(name).type}, expected list<int32>")
 
@@ -203,8 +230,9 @@ def _check_per_token(batch: pa.Table, names: Sequence[str], where: str) -> None:
         column = batch.column(name)
         bad = np.flatnonzero(pc.list_value_length(column).to_numpy() != lengths)
         if len(bad):
-            raise BatchError(f"{where}: row {bad[0]}: {name} has a different length than summary_token_ids "
-                             f"({len(bad)} such rows)")
+            raise BatchError(
+                f"{where}: row {bad[0]}: {name} has a different length than summary_token_ids ({len(bad)} such rows)"
+            )
         values = pc.list_flatten(column).to_numpy(zero_copy_only=False)
         if not np.isfinite(values).all():
             raise BatchError(f"{where}: {name} holds {int((~np.isfinite(values)).sum())} non-finite values")
@@ -245,10 +273,14 @@ def critic_batch(rollout: pa.Table, values: torch.Tensor, returns: torch.Tensor)
     lengths = pc.list_value_length(rollout.column("summary_token_ids")).to_numpy().astype(np.int64)
     for name, x in (("values", values), ("returns", returns)):
         if x.dim() != 2 or x.shape[0] != rollout.num_rows or x.shape[1] < int(lengths.max(initial=0)):
-            raise ValueError(f"{name} must be [{rollout.num_rows}, ≥{int(lengths.max(initial=0))}], got {tuple(x.shape)}")
+            raise ValueError(
+                f"{name} must be [{rollout.num_rows}, ≥{int(lengths.max(initial=0))}], got {tuple(x.shape)}"
+            )
     columns = [rollout.column("prompt_token_ids"), rollout.column("summary_token_ids")]
-    columns += [tensor_to_list_array(x.detach().float().cpu(), lengths=lengths, side="right", value_type=pa.float32())
-                for x in (values, returns)]
+    columns += [
+        tensor_to_list_array(x.detach().float().cpu(), lengths=lengths, side="right", value_type=pa.float32())
+        for x in (values, returns)
+    ]
     return pa.Table.from_arrays(columns, schema=CRITIC_BATCH_SCHEMA)
 
 

@@ -19,7 +19,8 @@ thread.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import requests
 
@@ -64,8 +65,12 @@ class ServeClient:
         max_context_pairs: int | None = None,
     ) -> str:
         """The summarizer's summary of a user's history; stored for ``user_id`` when given."""
-        body = {"context": list(context), "context_messages": list(context_messages), "user_id": user_id,
-                "max_context_pairs": max_context_pairs}
+        body = {
+            "context": list(context),
+            "context_messages": list(context_messages),
+            "user_id": user_id,
+            "max_context_pairs": max_context_pairs,
+        }
         return self._call("POST", "/v1/summaries", _without_none(body))["summary"]
 
     def set_summary(self, user_id: str, summary: str) -> dict:
@@ -104,8 +109,11 @@ class ServeClient:
         context_messages: Sequence[Mapping[str, str]] | None = None,
     ) -> list[float]:
         """One reward per response, conditioned on exactly one of user_id, summary or context."""
-        body = {"prompt": prompt, "responses": list(responses),
-                **_conditioning(user_id, summary, context, context_messages)}
+        body = {
+            "prompt": prompt,
+            "responses": list(responses),
+            **_conditioning(user_id, summary, context, context_messages),
+        }
         return self._call("POST", "/v1/rewards", body)["rewards"]
 
     def compare(
@@ -120,8 +128,12 @@ class ServeClient:
         context_messages: Sequence[Mapping[str, str]] | None = None,
     ) -> float:
         """P(the user prefers response_a over response_b) = σ(r_a − r_b)."""
-        body = {"prompt": prompt, "response_a": response_a, "response_b": response_b,
-                **_conditioning(user_id, summary, context, context_messages)}
+        body = {
+            "prompt": prompt,
+            "response_a": response_a,
+            "response_b": response_b,
+            **_conditioning(user_id, summary, context, context_messages),
+        }
         return self._call("POST", "/v1/compare", body)["p_a"]
 
     def health(self) -> dict:
@@ -146,7 +158,7 @@ class ServeClient:
     def close(self) -> None:
         self.session.close()
 
-    def __enter__(self) -> "ServeClient":
+    def __enter__(self) -> ServeClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -155,11 +167,14 @@ class ServeClient:
 
 def _conditioning(user_id, summary, context, context_messages) -> dict:
     """The request's conditioning fields; the server checks that exactly one kind is given."""
-    return _without_none({
-        "user_id": user_id, "summary": summary,
-        "context": list(context) if context is not None else None,
-        "context_messages": list(context_messages) if context_messages is not None else None,
-    })
+    return _without_none(
+        {
+            "user_id": user_id,
+            "summary": summary,
+            "context": list(context) if context is not None else None,
+            "context_messages": list(context_messages) if context_messages is not None else None,
+        }
+    )
 
 
 def _no_stored_summary(err: ServeRequestError) -> bool:

@@ -16,8 +16,9 @@ import contextlib
 import dataclasses
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 Source = Literal["summarizer", "user"]
 

@@ -13,7 +13,8 @@ order, which is the input order.
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +24,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf_cluster.config import ActorResources
 from rlhf_cluster.ray_setup import ResourceError
-from rlhf_cluster.reward_model import BatchError
+from rlhf_cluster.schema import BatchError
 
 # After one rank fails, give the others this long to finish; ranks still running by then are most
 # likely blocked in a collective waiting for the failed one, so the group is shut down.
@@ -134,8 +135,11 @@ class WorkerGroup:
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=FAILURE_GRACE_S if first_error else None)
             if not done:  # grace period over with ranks still blocked
-                print(f"{self.name}: {len(pending)} ranks still running {FAILURE_GRACE_S:g} s after a rank failed; "
-                      "shutting the group down", flush=True)
+                print(
+                    f"{self.name}: {len(pending)} ranks still running {FAILURE_GRACE_S:g} s after a rank failed; "
+                    "shutting the group down",
+                    flush=True,
+                )
                 self.shutdown()
                 raise first_error
             try:
@@ -171,7 +175,9 @@ def combine_metrics(per_rank: list[dict]) -> dict:
     out = {}
     for key in per_rank[0]:
         values = [m[key] for m in per_rank]
-        out[key] = sum(values) if key.startswith("n_") else max(values) if key == "seconds" else sum(values) / len(values)
+        out[key] = (
+            sum(values) if key.startswith("n_") else max(values) if key == "seconds" else sum(values) / len(values)
+        )
     return out
 
 
@@ -190,8 +196,11 @@ class DeepSpeedGroupHandle:
                 self.shutdown()
                 if attempt == RENDEZVOUS_ATTEMPTS or not port_was_taken(e):
                     raise
-                print(f"{name}: the rendezvous port was taken before rank 0 listened on it; starting the "
-                      f"group again on a fresh port (attempt {attempt + 1} of {RENDEZVOUS_ATTEMPTS})", flush=True)
+                print(
+                    f"{name}: the rendezvous port was taken before rank 0 listened on it; starting the "
+                    f"group again on a fresh port (attempt {attempt + 1} of {RENDEZVOUS_ATTEMPTS})",
+                    flush=True,
+                )
 
     @property
     def ranks(self) -> list:

@@ -22,7 +22,9 @@ def run_job(module: str, *args: str, timeout: int = 600) -> subprocess.Completed
         [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
     if proc.returncode != 0:
-        pytest.fail(f"{module} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
+        pytest.fail(
+            f"{module} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
@@ -31,8 +33,16 @@ def tiny_data(tmp_path_factory) -> Path:
     """A small generated `pets` dataset (the demo's generator at test size)."""
     out = tmp_path_factory.mktemp("data") / "pets"
     run_job(
-        "jobs.make_data", "--dataset", "pets", "--out", str(out), "--seed", "0",
-        "pets.n_train_users=8", "pets.n_test_users=4", "pets.examples_per_user=4",
+        "jobs.make_data",
+        "--dataset",
+        "pets",
+        "--out",
+        str(out),
+        "--seed",
+        "0",
+        "pets.n_train_users=8",
+        "pets.n_test_users=4",
+        "pets.examples_per_user=4",
     )
     return out
 
@@ -42,11 +52,24 @@ def tiny_models(tiny_data, tmp_path_factory) -> Path:
     """Tokenizer + tiny summarizer/reward backbone, briefly LM-pretrained on tiny_data."""
     out = tmp_path_factory.mktemp("models")
     run_job(
-        "jobs.make_models", "--data", str(tiny_data), "--out", str(out), "--seed", "0",
-        "summarizer.hidden_size=64", "summarizer.num_layers=2", "summarizer.num_heads=2",
-        "summarizer.intermediate_size=128", "reward_model.hidden_size=64", "reward_model.num_layers=1",
-        "reward_model.num_heads=2", "reward_model.intermediate_size=128", "pretrain_steps=40",
-        "pretrain_batch_size=8", "pretrain_seq_len=256",
+        "jobs.make_models",
+        "--data",
+        str(tiny_data),
+        "--out",
+        str(out),
+        "--seed",
+        "0",
+        "summarizer.hidden_size=64",
+        "summarizer.num_layers=2",
+        "summarizer.num_heads=2",
+        "summarizer.intermediate_size=128",
+        "reward_model.hidden_size=64",
+        "reward_model.num_layers=1",
+        "reward_model.num_heads=2",
+        "reward_model.intermediate_size=128",
+        "pretrain_steps=40",
+        "pretrain_batch_size=8",
+        "pretrain_seq_len=256",
     )
     return out
 

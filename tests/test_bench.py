@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT))
@@ -45,8 +44,14 @@ def test_context_pairs_are_repeated_or_cut_to_k():
     from bench.scaling import with_context_pairs
 
     pair = pa.struct([("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())])
-    t = pa.table({"context": pa.array([[{"prompt": "a", "chosen": "b", "rejected": "c"},
-                                        {"prompt": "d", "chosen": "e", "rejected": "f"}]], pa.list_(pair))})
+    t = pa.table(
+        {
+            "context": pa.array(
+                [[{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "d", "chosen": "e", "rejected": "f"}]],
+                pa.list_(pair),
+            )
+        }
+    )
     assert [p["prompt"] for p in with_context_pairs(t, 5).column("context")[0].as_py()] == ["a", "d", "a", "d", "a"]
     assert len(with_context_pairs(t, 1).column("context")[0].as_py()) == 1
 
@@ -73,9 +78,11 @@ def run_group(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
 
 
 def test_run_group_kills_the_children_past_its_timeout():
-    child = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
-             "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print('up', flush=True); "
-             "time.sleep(60)")  # a grandchild in its own session, not holding the pipes
+    child = (
+        "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+        "start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); print('up', flush=True); "
+        "time.sleep(60)"
+    )  # a grandchild in its own session, not holding the pipes
     with pytest.raises(pytest.fail.Exception, match="ran past 2 s"):
         run_group([sys.executable, "-c", child], timeout=2)
     out = subprocess.run(["pgrep", "-f", "time.sleep\\(60\\)"], capture_output=True, text=True).stdout
@@ -99,12 +106,22 @@ def test_quick_suite_measures_every_benchmark_and_renders_a_report(tmp_path):
 
     rig = parts["rig-demo"]
     b = rig["rollout"]["batches"][0]  # 1: pipeline vs direct engine, same work
-    assert b["direct_summaries_per_s"] > 0 and b["pipeline_summaries_per_s"] > 0 and math.isfinite(b["ratio_summaries_per_s"])
+    assert (
+        b["direct_summaries_per_s"] > 0
+        and b["pipeline_summaries_per_s"] > 0
+        and math.isfinite(b["ratio_summaries_per_s"])
+    )
     assert rig["rollout"]["kv_cache"]["sized_from_config"]  # 8: KV cache from rollout.kv_cache_gib
     ws = rig["weight_sync"]  # 2
     assert ws["bytes"] > 0 and 0 < ws["share_of_iteration"] < 1 and ws["engine_load_s"] > 0
     ar = rig["arrow"]  # 3
-    assert {t["table"] for t in ar["transfers"]} >= {"requests", "rollouts", "ref_logprobs", "policy_batch", "reward_pairs"}
+    assert {t["table"] for t in ar["transfers"]} >= {
+        "requests",
+        "rollouts",
+        "ref_logprobs",
+        "policy_batch",
+        "reward_pairs",
+    }
     assert 0 < ar["share_of_iteration"] < 1
     g = rig["grpo"]  # 5: our side always; TRL's unless its environment is absent
     assert len(g["ours"]["step_s"]) == g["workload"]["steps"] and g["ours_step_s"] > 0
@@ -122,8 +139,17 @@ def test_quick_suite_measures_every_benchmark_and_renders_a_report(tmp_path):
         assert sv["memory"]["peak_pss_sum_gib"] > 0
 
     md = next(tmp_path.glob("*-quick.md")).read_text()
-    for heading in ("## Targets", "## 1. Rollout", "## 2. Weight sync", "## 3. Arrow", "## 4. Phase", "## 5. PLUS-shaped GRPO",
-                    "## 6. Serve", "## 7. Scaling", "## 8. Memory"):
+    for heading in (
+        "## Targets",
+        "## 1. Rollout",
+        "## 2. Weight sync",
+        "## 3. Arrow",
+        "## 4. Phase",
+        "## 5. PLUS-shaped GRPO",
+        "## 6. Serve",
+        "## 7. Scaling",
+        "## 8. Memory",
+    ):
         assert heading in md, heading
     assert "failed to render" not in md
     assert len(list(tmp_path.glob("*-quick-*.png"))) >= 4

@@ -54,8 +54,12 @@ def test_row_ceilings_by_hand():
     assert rows["user_agnostic"] == pytest.approx([0.5, 0.5])
     assert rows["bayes_n_context"] == pytest.approx([0.9, 0.1])
     table = C.summarize(rows, np.array([True, True]))
-    assert table["contested"] == {"oracle": pytest.approx(0.9), "user_agnostic": 0.5,
-                                  "bayes_n_context": pytest.approx(0.5), "n": 2}
+    assert table["contested"] == {
+        "oracle": pytest.approx(0.9),
+        "user_agnostic": 0.5,
+        "bayes_n_context": pytest.approx(0.5),
+        "n": 2,
+    }
     assert table["agreed"] == {"oracle": None, "user_agnostic": None, "bayes_n_context": None, "n": 0}
 
 

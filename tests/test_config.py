@@ -4,10 +4,10 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT
 
 from rlhf_cluster.cli import ConfigError, help_text, load_config
 from rlhf_cluster.config import MakeDataConfig, SummarizeConfig
-from conftest import ROOT
 
 BASE = ["data.dir=d", "models.summarizer=m"]
 

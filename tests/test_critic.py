@@ -9,9 +9,14 @@ import torch
 from transformers import LlamaConfig, LlamaForTokenClassification
 
 from rlhf_cluster.config import ActorResources, DeepSpeedConfig, OptimConfig, PolicyTrainConfig
-from rlhf_cluster.reward_model import BatchError
-from rlhf_cluster.schema import CRITIC_BATCH_SCHEMA, ROLLOUT_SCHEMA, TOKEN_VALUES_SCHEMA
-from rlhf_cluster.sequences import check_critic_batch, critic_batch, encode_summaries, summary_token_values, values_table
+from rlhf_cluster.schema import CRITIC_BATCH_SCHEMA, ROLLOUT_SCHEMA, TOKEN_VALUES_SCHEMA, BatchError
+from rlhf_cluster.sequences import (
+    check_critic_batch,
+    critic_batch,
+    encode_summaries,
+    summary_token_values,
+    values_table,
+)
 
 PROMPTS = [[1, 5, 7, 9, 11, 3], [2, 4], [8, 8, 8, 8]]
 SUMMARIES = [[10, 20], [30, 31, 32, 33], [40]]
@@ -20,18 +25,34 @@ SUMMARIES = [[10, 20], [30, 31, 32, 33], [40]]
 @pytest.fixture(scope="module")
 def tiny_critic() -> LlamaForTokenClassification:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=61, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.2, num_labels=1)
+    cfg = LlamaConfig(
+        vocab_size=61,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+        num_labels=1,
+    )
     return LlamaForTokenClassification(cfg).eval()
 
 
 def _rollout(prompts, summaries) -> pa.Table:
     n = len(prompts)
     return pa.Table.from_pydict(
-        {"request_id": list(range(n)), "user_id": [f"u{i}" for i in range(n)], "sample_index": [0] * n,
-         "prompt_token_ids": prompts, "summary_token_ids": summaries,
-         "summary_logprobs": [[-1.0] * len(s) for s in summaries], "summary_text": ["s"] * n,
-         "finish_reason": ["stop"] * n, "weight_version": [0] * n},
+        {
+            "request_id": list(range(n)),
+            "user_id": [f"u{i}" for i in range(n)],
+            "sample_index": [0] * n,
+            "prompt_token_ids": prompts,
+            "summary_token_ids": summaries,
+            "summary_logprobs": [[-1.0] * len(s) for s in summaries],
+            "summary_text": ["s"] * n,
+            "finish_reason": ["stop"] * n,
+            "weight_version": [0] * n,
+        },
         schema=ROLLOUT_SCHEMA,
     )
 
@@ -72,14 +93,18 @@ def test_critic_batch_and_values_table_drop_padding():
     assert batch.column("returns").to_pylist()[2] == [6.0]
     check_critic_batch(batch, "here")
     table = values_table(values, encode_summaries(PROMPTS, SUMMARIES).summary_mask)
-    assert table.schema.equals(TOKEN_VALUES_SCHEMA, check_metadata=False) and table.column("values").to_pylist()[2] == [5.0]
+    assert table.schema.equals(TOKEN_VALUES_SCHEMA, check_metadata=False) and table.column("values").to_pylist()[2] == [
+        5.0
+    ]
     with pytest.raises(ValueError, match=r"returns must be \[3, ≥4\]"):
         critic_batch(rollout, values, returns[:, :2])
     returns_field = CRITIC_BATCH_SCHEMA.field("returns")
     bad = batch.set_column(3, returns_field, pa.array([[1.0], [1.0, 2.0, 3.0, 4.0], [5.0]], returns_field.type))
     with pytest.raises(BatchError, match="row 0: returns has a different length"):
         check_critic_batch(bad, "here")
-    nan = batch.set_column(3, returns_field, pa.array([[1.0, 2.0], [1.0, 2.0, 3.0, 4.0], [float("nan")]], returns_field.type))
+    nan = batch.set_column(
+        3, returns_field, pa.array([[1.0, 2.0], [1.0, 2.0, 3.0, 4.0], [float("nan")]], returns_field.type)
+    )
     with pytest.raises(BatchError, match="returns holds 1 non-finite values"):
         check_critic_batch(nan, "here")
 
@@ -91,8 +116,14 @@ def test_critic_group_regresses_onto_returns(ray_local, tiny_models):
 
     rollout = _rollout(PROMPTS + PROMPTS[:1], SUMMARIES + SUMMARIES[:1])
     train = PolicyTrainConfig(minibatch_size=4, critic_optim=OptimConfig(lr=3e-3, warmup_steps=0), value_clip_eps=10.0)
-    with CriticGroup(str(tiny_models / "summarizer"), train, DeepSpeedConfig(num_ranks=2, zero_stage=2),
-                     ActorResources(num_cpus=0.5), seed=0) as critic:
+    with CriticGroup(
+        str(tiny_models / "summarizer"),
+        train,
+        DeepSpeedConfig(num_ranks=2, zero_stage=2),
+        ActorResources(num_cpus=0.5),
+        seed=0,
+    ) as critic:
+
         def values() -> torch.Tensor:
             rows = critic.values(rollout).column("values").to_pylist()
             return torch.tensor([x for row in rows for x in row])

@@ -148,8 +148,13 @@ def test_parquet_values_are_checked_vectorized(tmp_path):
 
 
 def test_parquet_with_wrong_column_type_names_rows(tmp_path):
-    columns = {"user_id": ["a", "b"], "context": [[], []], "prompt": [1, 2], "chosen": ["x", "x"],
-               "rejected": ["y", "z"]}
+    columns = {
+        "user_id": ["a", "b"],
+        "context": [[], []],
+        "prompt": [1, 2],
+        "chosen": ["x", "x"],
+        "rejected": ["y", "z"],
+    }
     t = pa.table(columns)
     pq.write_table(t, tmp_path / "ints.parquet")
     with pytest.raises(DataError, match=r"ints\.parquet: row 0 field 'prompt': expected a string, got int"):
@@ -184,7 +189,9 @@ def test_plus_fixture_maps_each_triple_to_a_row():
     assert report.plus_roles == ["reward", "train", "eval", "reward"]
     assert table.column("user_id").to_pylist() == ["plus_tiny/0"] * 3 + ["plus_tiny/1"]
     assert table.column("prompt").to_pylist()[:3] == [
-        "Tell me about a good pet.", "Which pet is best for a family?", "Describe an ideal companion animal."
+        "Tell me about a good pet.",
+        "Which pet is best for a family?",
+        "Describe an ideal companion animal.",
     ]
     assert table.column("chosen")[0].as_py() == "Birds are cheerful, kind companions."
     msgs = table.column("context_messages")[0].as_py()
@@ -201,9 +208,13 @@ def test_plus_variants_convert(tmp_path):
     conversations = [[{"role": "user", "content": "a"}], [{"role": "assistant", "content": "b"}]]
     rows = [
         {"user_id": 7, "context": "past chats as text", "reward_prompt": "q", "chosen": "x", "rejected": "y"},
-        {"context_messages": conversations, "train_prompt": [{"role": "user", "content": "q2"}],
-         "train_chosen": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "x2"}],
-         "train_rejected": "y2", "context": [pair("c", "d", "e")]},
+        {
+            "context_messages": conversations,
+            "train_prompt": [{"role": "user", "content": "q2"}],
+            "train_chosen": [{"role": "user", "content": "q2"}, {"role": "assistant", "content": "x2"}],
+            "train_rejected": "y2",
+            "context": [pair("c", "d", "e")],
+        },
     ]
     table = read_examples(write_jsonl(tmp_path / "p.jsonl", rows), format="plus")
     assert table.column("user_id").to_pylist() == ["7", "p/1"]
@@ -214,8 +225,16 @@ def test_plus_variants_convert(tmp_path):
 
 
 def test_plus_errors_name_the_plus_column(tmp_path):
-    rows = [{"reward_prompt": "q", "chosen": "x", "rejected": "y", "train_prompt": "q", "train_chosen": "z",
-             "train_rejected": "z"}]
+    rows = [
+        {
+            "reward_prompt": "q",
+            "chosen": "x",
+            "rejected": "y",
+            "train_prompt": "q",
+            "train_chosen": "z",
+            "train_rejected": "z",
+        }
+    ]
     with pytest.raises(DataError, match=r"p\.jsonl: row 0 \(line 1\) field 'train_chosen': chosen == rejected"):
         read_examples(write_jsonl(tmp_path / "p.jsonl", rows))
 
@@ -252,15 +271,17 @@ def _pairs_table(rows):
 
 def test_same_user_pair_rows_excludes_other_users_and_context_pairs():
     survey = [pair("s1", "a", "b")]
-    t = _pairs_table([
-        {"user_id": "u", "context": survey, "prompt": "q0", "chosen": "c0", "rejected": "r0"},
-        {"user_id": "v", "context": survey, "prompt": "q1", "chosen": "c1", "rejected": "r1"},
-        {"user_id": "u", "context": survey, "prompt": "q2", "chosen": "c2", "rejected": "r2"},
-        # same user, another context that contains row 0's target pair: row 0's pair is not its candidate
-        {"user_id": "u", "context": [pair("q0", "c0", "r0")], "prompt": "q3", "chosen": "c3", "rejected": "r3"},
-        # a target pair equal to a context pair of the survey rows: never their candidate
-        {"user_id": "u", "context": [pair("q0", "c0", "r0")], "prompt": "s1", "chosen": "a", "rejected": "b"},
-    ])
+    t = _pairs_table(
+        [
+            {"user_id": "u", "context": survey, "prompt": "q0", "chosen": "c0", "rejected": "r0"},
+            {"user_id": "v", "context": survey, "prompt": "q1", "chosen": "c1", "rejected": "r1"},
+            {"user_id": "u", "context": survey, "prompt": "q2", "chosen": "c2", "rejected": "r2"},
+            # same user, another context that contains row 0's target pair: row 0's pair is not its candidate
+            {"user_id": "u", "context": [pair("q0", "c0", "r0")], "prompt": "q3", "chosen": "c3", "rejected": "r3"},
+            # a target pair equal to a context pair of the survey rows: never their candidate
+            {"user_id": "u", "context": [pair("q0", "c0", "r0")], "prompt": "s1", "chosen": "a", "rejected": "b"},
+        ]
+    )
     got = [c.tolist() for c in same_user_pair_rows(t)]
     assert got == [[0, 2, 3], [1], [0, 2, 3], [2, 3, 4], [2, 3, 4]]
 

@@ -52,7 +52,7 @@ def personas_big():
 # ------------------------------------------------------------------------------ reading text back
 
 
-@functools.lru_cache(maxsize=None)  # contexts repeat across a user's rows
+@functools.cache  # contexts repeat across a user's rows
 def _pet_attrs(text: str) -> tuple[str, tuple[int, int]]:
     """(kind named in the text, (helpful, harmless) shown by the wording)."""
     kinds = [k for k, names in pets.ANIMALS.items() if any(f"{n}, " in text for n in names)]
@@ -152,15 +152,21 @@ def test_pets_labels_contested_and_ceilings(pets_big):
             context_kinds = [{_pet_attrs(c["chosen"])[0], _pet_attrs(c["rejected"])[0]} for c in r["context"]]
             assert all(kinds == {"dog", "cat"} for kinds in context_kinds)
     rows = pets_big.splits["train"]
-    types = ("This user likes answers that are helpful and does not mind harmful ones.",
-             "This user likes answers that are harmless and does not mind unhelpful ones.")
+    types = (
+        "This user likes answers that are helpful and does not mind harmful ones.",
+        "This user likes answers that are harmless and does not mind unhelpful ones.",
+    )
     p_types = np.array([[_pet_p(t, r["chosen"], r["rejected"], 0.1) for t in types] for r in rows])
-    loglik = np.array([[sum(math.log(_pet_p(t, c["chosen"], c["rejected"], 0.1)) for c in r["context"]) for t in types]
-                       for r in rows])
+    loglik = np.array(
+        [[sum(math.log(_pet_p(t, c["chosen"], c["rejected"], 0.1)) for c in r["context"]) for t in types] for r in rows]
+    )
     post = np.exp(loglik - loglik.max(1, keepdims=True))
     post /= post.sum(1, keepdims=True)
-    predicted = {"oracle": np.array([r["p_chosen"] for r in rows]), "user_agnostic": p_types.mean(1),
-                 "bayes_n_context": (post * p_types).sum(1)}
+    predicted = {
+        "oracle": np.array([r["p_chosen"] for r in rows]),
+        "user_agnostic": p_types.mean(1),
+        "bayes_n_context": (post * p_types).sum(1),
+    }
     _assert_close_to_mc(pets_big.ceilings["train"], rows, predicted)
     assert pets_big.ceilings["train"]["contested"]["user_agnostic"] == 0.5  # no BT model beats chance there
 
@@ -182,16 +188,22 @@ def test_personas_labels_contested_and_ceilings(personas_big):
     loglik = np.array([ctx[r["user_id"]] for r in rows])
     post = np.exp(loglik - loglik.max(1, keepdims=True))
     post /= post.sum(1, keepdims=True)
-    predicted = {"oracle": np.array([r["p_chosen"] for r in rows]), "user_agnostic": p_types.mean(1),
-                 "bayes_n_context": (post * p_types).sum(1)}
+    predicted = {
+        "oracle": np.array([r["p_chosen"] for r in rows]),
+        "user_agnostic": p_types.mean(1),
+        "bayes_n_context": (post * p_types).sum(1),
+    }
     _assert_close_to_mc(personas_big.ceilings["train"], rows, predicted)
 
 
 def test_personas_survey_is_shared_and_unseen_topics_are_unseen(personas_big):
     contexts = {json.dumps([c["prompt"] for c in r["context"]]) for rows in personas_big.splits.values() for r in rows}
     assert len(contexts) == 1  # survey mode: every user answered the same pairs
-    seen = {r["topic"] for s in ("train", "validation", "test_seen_users", "test_unseen_users")
-            for r in personas_big.splits[s]}
+    seen = {
+        r["topic"]
+        for s in ("train", "validation", "test_seen_users", "test_unseen_users")
+        for r in personas_big.splits[s]
+    }
     unseen = {r["topic"] for r in personas_big.splits["test_unseen_topics"]}
     assert len(seen) == 8 and len(unseen) == 4 and not seen & unseen
     users = {s: {r["user_id"] for r in rows} for s, rows in personas_big.splits.items()}
@@ -206,10 +218,16 @@ def test_personas_lexicon_is_unambiguous():
     assert not topic_words & set(words)  # a marker word only ever means its attribute
 
 
-@pytest.mark.parametrize("options", [
-    dict(user_model="dirichlet", n_population=256), dict(user_model="lowrank", rank=2, n_population=256),
-    dict(user_model="discrete", n_user_types=8, quality_weight=1.0, context_mode="random", unseen_topic_markers="new"),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(user_model="dirichlet", n_population=256),
+        dict(user_model="lowrank", rank=2, n_population=256),
+        dict(
+            user_model="discrete", n_user_types=8, quality_weight=1.0, context_mode="random", unseen_topic_markers="new"
+        ),
+    ],
+)
 def test_personas_user_models(options):
     data = generate(_cfg("personas", n_train_users=20, n_test_users=10, examples_per_user=4, **options))
     for split, table in data.ceilings.items():
@@ -229,8 +247,14 @@ def test_make_data_cli(dataset, tmp_path):
 
     out = tmp_path / dataset
     env = {**os.environ, "PYTHONHASHSEED": "123"}  # string hashing must not leak into the data
-    proc = subprocess.run([sys.executable, "-m", "jobs.make_data", "--dataset", dataset, "--out", str(out),
-                           *SMALL[dataset]], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.make_data", "--dataset", dataset, "--out", str(out), *SMALL[dataset]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     make_data.main(["--dataset", dataset, "--out", str(tmp_path / "again"), *SMALL[dataset]])
     assert all(f.read_bytes() == (tmp_path / "again" / f.name).read_bytes() for f in out.iterdir())
@@ -248,8 +272,23 @@ def test_make_data_cli(dataset, tmp_path):
 
 
 def test_make_data_cli_rejects_unknown_option(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "jobs.make_data", "--dataset", "pets", "--out", str(tmp_path / "x"),
-                           "--pets.no_such_option", "3"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.make_data",
+            "--dataset",
+            "pets",
+            "--out",
+            str(tmp_path / "x"),
+            "--pets.no_such_option",
+            "3",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "pets.no_such_option" in proc.stderr
     assert not (tmp_path / "x").exists()
 

@@ -29,10 +29,13 @@ from rlhf_cluster.reward_model import conditioning_texts
 TEST_SPLITS = ["test_seen_users", "test_unseen_users", "pets_ood"]  # pets: no test_unseen_topics
 
 
-def write_config(run: Path, data: Path, conditioning: str = "context", seed: int = 0, lr: float = 1e-4,
-                 models: Path = Path("models")) -> TrainRMConfig:
+def write_config(
+    run: Path, data: Path, conditioning: str = "context", seed: int = 0, lr: float = 1e-4, models: Path = Path("models")
+) -> TrainRMConfig:
     cfg = TrainRMConfig(
-        run_dir=str(run), seed=seed, data=DataConfig(dir=str(data)),
+        run_dir=str(run),
+        seed=seed,
+        data=DataConfig(dir=str(data)),
         models=ModelsConfig(reward_model=str(models / "reward_model"), summarizer=str(models / "summarizer")),
         rm=RewardTrainConfig(conditioning=conditioning, optim=OptimConfig(lr=lr)),
     )
@@ -101,8 +104,18 @@ def test_evaluate_numbers_equal_direct_recomputation(run_dir, tiny_data, evaluat
 
 def test_evaluate_other_dataset_writes_eval_name_json(run_dir, tmp_path, evaluated):
     personas = tmp_path / "personas"
-    make_data(["--dataset", "personas", "--out", str(personas), "personas.n_train_users=4",
-               "personas.n_test_users=4", "personas.examples_per_user=2", "personas.n_context=2"])
+    make_data(
+        [
+            "--dataset",
+            "personas",
+            "--out",
+            str(personas),
+            "personas.n_train_users=4",
+            "personas.n_test_users=4",
+            "personas.examples_per_user=2",
+            "personas.n_context=2",
+        ]
+    )
     before = (run_dir / "eval.json").read_text()
     result = evaluate_job.main(["--run", str(run_dir), "--data", str(personas), "--splits", "[test_unseen_topics]"])
     assert (run_dir / "eval-personas.json").is_file() and (run_dir / "eval-personas.md").is_file()
@@ -127,9 +140,11 @@ def test_evaluate_summary_conditioning_reads_cached_summaries(tiny_models, tiny_
     users = examples.column("user_id").to_pylist()
     summaries = [f"user {u} likes quiet pets" for u in users]
     (run / "summaries").mkdir()
-    pq.write_table(pa.table({"user_id": users, "row": list(range(len(users))), "summary": summaries}),
-                   run / "summaries" / f"{split}.parquet")
-    monkeypatch.setattr("jobs.summarize.summarize_examples", _must_not_run, raising=False)
+    pq.write_table(
+        pa.table({"user_id": users, "row": list(range(len(users))), "summary": summaries}),
+        run / "summaries" / f"{split}.parquet",
+    )
+    monkeypatch.setattr("actors.rollout.summarize_examples", _must_not_run, raising=False)
     result = evaluate_job.main(["--run", str(run), "--splits", f"[{split}]"])
     assert result["accuracy"][split] == recompute(run, tiny_data, split, summaries)
     # each user's own summary names them: nothing about their ground truth is left open
@@ -149,7 +164,7 @@ def test_evaluate_summary_conditioning_summarizes_and_caches(tiny_models, tiny_d
         calls.append((examples.num_rows, models.summarizer, rollout.temperature, seed))
         return [f"summary of {u}" for u in examples.column("user_id").to_pylist()]
 
-    monkeypatch.setattr("jobs.summarize.summarize_examples", fake_summarize, raising=False)
+    monkeypatch.setattr("actors.rollout.summarize_examples", fake_summarize, raising=False)
     args = ["--run", str(run), "--splits", "[pets_ood]"]
     evaluate_job.main(args)
     cache = pq.read_table(run / "summaries" / "pets_ood.parquet").to_pylist()
@@ -190,8 +205,11 @@ def test_evaluate_help_says_where_data_results_go(capsys):
 def fake_eval(run: Path, data: Path, conditioning: str, seed: int, contested: float, lr: float = 1e-4) -> Path:
     write_config(run, data, conditioning, seed, lr)
     acc = {"all": 0.8, "contested": contested, "agreed": 0.9, "n": 10, "n_contested": 5, "n_agreed": 5}
-    ev = {"accuracy": {"test_seen_users": acc}, "per_user": {"test_seen_users": {"mean": 0.8, "worst_decile": 0.5}},
-          "ceilings": json.loads((data / "ceilings.json").read_text())}
+    ev = {
+        "accuracy": {"test_seen_users": acc},
+        "per_user": {"test_seen_users": {"mean": 0.8, "worst_decile": 0.5}},
+        "ceilings": json.loads((data / "ceilings.json").read_text()),
+    }
     (run / "eval.json").write_text(json.dumps(ev))
     return run
 

@@ -21,7 +21,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerFast,
+)
 
 from jobs.make_models import make_models
 from rlhf_cluster import prompts
@@ -47,7 +52,11 @@ PETS = {
 }
 SHAPE = ["hidden_size=64", "num_heads=2", "num_layers=1", "intermediate_size=128", "max_position_embeddings=256"]
 TINY_ARGS = [
-    "vocab_size=512", "pretrain_steps=30", "pretrain_batch_size=8", "pretrain_seq_len=64", "log_every=10",
+    "vocab_size=512",
+    "pretrain_steps=30",
+    "pretrain_batch_size=8",
+    "pretrain_seq_len=64",
+    "log_every=10",
     *(f"{m}.{s}" for m in ("summarizer", "reward_model") for s in SHAPE),
 ]
 
@@ -57,18 +66,28 @@ def _rows(n: int, split: str, seed: int) -> pa.Table:
 
     def pair(question: str) -> dict:
         a, b = rng.sample(sorted(PETS), 2)
-        return {"prompt": f"{question}, a {a} or a {b}?", "chosen": f"Get a {a}. {PETS[a]}.",
-                "rejected": f"Get a {b}. {PETS[b]}."}
+        return {
+            "prompt": f"{question}, a {a} or a {b}?",
+            "chosen": f"Get a {a}. {PETS[a]}.",
+            "rejected": f"Get a {b}. {PETS[b]}.",
+        }
 
     rows = []
     for i in range(n):
         kind, target = rng.choice(["dog", "cat"]), pair("Which pet should I get")
-        rows.append({  # context questions differ from targets': a target must never be in its context
-            "user_id": f"{split}-{i % 6}", "context": [pair("Which pet did you like more") for _ in range(3)],
-            "context_messages": [{"role": "user", "content": f"I like {kind}s."}],
-            **target, "split": split, "topic": "pets", "contested": False,
-            "user_description": f"Prefers {kind}s", "p_chosen": 0.9,
-        })
+        rows.append(
+            {  # context questions differ from targets': a target must never be in its context
+                "user_id": f"{split}-{i % 6}",
+                "context": [pair("Which pet did you like more") for _ in range(3)],
+                "context_messages": [{"role": "user", "content": f"I like {kind}s."}],
+                **target,
+                "split": split,
+                "topic": "pets",
+                "contested": False,
+                "user_description": f"Prefers {kind}s",
+                "p_chosen": 0.9,
+            }
+        )
     return pa.Table.from_pylist(rows, schema=EXAMPLE_SCHEMA)
 
 
@@ -115,8 +134,10 @@ def test_models_load_by_path_and_generate(built):
     out, manifest = built
     tok = AutoTokenizer.from_pretrained(out / "summarizer")
     lm = AutoModelForCausalLM.from_pretrained(out / "summarizer")
-    texts = [tok.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
-             for c in ["Hi", "Which pet should I get, a dog or a cat?"]]
+    texts = [
+        tok.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
+        for c in ["Hi", "Which pet should I get, a dog or a cat?"]
+    ]
     batch = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
     gen = lm.generate(**batch, max_new_tokens=8, do_sample=False)
     prompt_len = batch["input_ids"].shape[1]
@@ -126,10 +147,13 @@ def test_models_load_by_path_and_generate(built):
     rm = AutoModelForSequenceClassification.from_pretrained(out / "reward_model", num_labels=1)
     backbone = load_causal_lm(out / "reward_model")
     assert torch.equal(rm.model.embed_tokens.weight, backbone.model.embed_tokens.weight)
-    inputs = [tok.apply_chat_template(prompts.reward_messages(None, "Which pet?", r), tokenize=False)
-              for r in ["Get a dog.", "Get a cat. Cats are calm."]]
-    scores = load_reward_model(out / "reward_model")(**tok(inputs, add_special_tokens=False, padding=True,
-                                                            return_tensors="pt")).logits
+    inputs = [
+        tok.apply_chat_template(prompts.reward_messages(None, "Which pet?", r), tokenize=False)
+        for r in ["Get a dog.", "Get a cat. Cats are calm."]
+    ]
+    scores = load_reward_model(out / "reward_model")(
+        **tok(inputs, add_special_tokens=False, padding=True, return_tensors="pt")
+    ).logits
     assert scores.shape == (2, 1) and torch.isfinite(scores).all()
 
 
@@ -148,7 +172,10 @@ def test_cli_same_seed_gives_identical_weights(built, data_dir, tmp_path):
     out, _ = built
     run = subprocess.run(
         [sys.executable, "-m", "jobs.make_models", "--data", str(data_dir), "--out", str(tmp_path), *TINY_ARGS],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "[summarizer] loss" in run.stdout
@@ -254,7 +281,11 @@ def test_vllm_generates_and_logprobs_match_transformers(built, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}  # it would override the size
     run = subprocess.run(
         [sys.executable, "gen.py", str(model_dir), "prompts.json", "out.json"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert run.returncode == 0, run.stderr[-5000:]
     result = json.loads((tmp_path / "out.json").read_text())

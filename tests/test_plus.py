@@ -8,15 +8,24 @@ import subprocess
 import sys
 
 import pytest
-from safetensors.torch import load_file
-
 from conftest import ROOT, run_job
+from safetensors.torch import load_file
 
 PHASES = ("generate", "score", "reference", "advantages", "train_summarizer", "train_reward_model", "sync_weights")
 TINY = [
-    "iterations=3", "users_per_iter=4", "rollout.n_samples=2", "policy.minibatch_size=8", "eval_every=3",
-    "eval_limit=8", "eval_backend=hf", "rollout.backend=vllm", "rollout.max_new_tokens=12",
-    "rollout.kv_cache_gib=0.1", "rollout.max_model_len=512", "rm.max_length=384", "deepspeed.num_ranks=1",
+    "iterations=3",
+    "users_per_iter=4",
+    "rollout.n_samples=2",
+    "policy.minibatch_size=8",
+    "eval_every=3",
+    "eval_limit=8",
+    "eval_backend=hf",
+    "rollout.backend=vllm",
+    "rollout.max_new_tokens=12",
+    "rollout.kv_cache_gib=0.1",
+    "rollout.max_model_len=512",
+    "rm.max_length=384",
+    "deepspeed.num_ranks=1",
     "ray.num_cpus=2",
 ]
 
@@ -25,8 +34,12 @@ TINY = [
 def test_plus_runs_and_logs_each_iteration(tiny_data, tiny_models, tmp_path):
     run = tmp_path / "plus"
     proc = run_job(
-        "jobs.plus", f"data.dir={tiny_data}", f"models.summarizer={tiny_models / 'summarizer'}",
-        f"models.reward_model={tiny_models / 'reward_model'}", f"run_dir={run}", *TINY,
+        "jobs.plus",
+        f"data.dir={tiny_data}",
+        f"models.summarizer={tiny_models / 'summarizer'}",
+        f"models.reward_model={tiny_models / 'reward_model'}",
+        f"run_dir={run}",
+        *TINY,
     )
     assert "next: python -m jobs.evaluate --run" in proc.stdout
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -73,10 +86,21 @@ def test_ppo_run_interrupted_and_resumed_matches_uninterrupted(tiny_data, tiny_m
     3 and 4 must log the same metrics (policy, critic, RM, rollouts: weights, Adam moments, LR schedule,
     data position, sampling seeds, the reward model's drawn pairs (rm_pairs=user, 2 updates per iteration)
     and weight version all restored)."""
-    base = [f"data.dir={tiny_data}", f"models.summarizer={tiny_models / 'summarizer'}",
-            f"models.reward_model={tiny_models / 'reward_model'}", *TINY, "policy.algorithm=ppo", "critic_resources.num_cpus=0.25", "reference_resources.num_cpus=0.25",
-            "policy.optim.warmup_steps=4", "policy.critic_optim.lr=1e-3", "eval_every=100", "checkpoint_every=2",
-            "rm_pairs=user", "rm_updates_per_iter=2"]
+    base = [
+        f"data.dir={tiny_data}",
+        f"models.summarizer={tiny_models / 'summarizer'}",
+        f"models.reward_model={tiny_models / 'reward_model'}",
+        *TINY,
+        "policy.algorithm=ppo",
+        "critic_resources.num_cpus=0.25",
+        "reference_resources.num_cpus=0.25",
+        "policy.optim.warmup_steps=4",
+        "policy.critic_optim.lr=1e-3",
+        "eval_every=100",
+        "checkpoint_every=2",
+        "rm_pairs=user",
+        "rm_updates_per_iter=2",
+    ]
     straight, parted = tmp_path / "straight", tmp_path / "parted"
     run_job("jobs.plus", *base, "iterations=4", f"run_dir={straight}")
     run_job("jobs.plus", *base, "iterations=2", f"run_dir={parted}")
@@ -98,8 +122,12 @@ def test_ppo_run_interrupted_and_resumed_matches_uninterrupted(tiny_data, tiny_m
 
 
 def test_resume_errors_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "jobs.plus", "--resume", str(tmp_path / "nope")], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.plus", "--resume", str(tmp_path / "nope")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "config.yaml not found" in proc.stderr, proc.stderr
 
 
@@ -109,7 +137,10 @@ def test_resume_errors_exit_2(tmp_path):
         (["rm.conditioning=bt"], "rm.conditioning must be 'summary'"),
         (["rollout.n_samples=1"], "n_samples must be ≥ 2 for grpo/rloo"),
         (["users_per_iter=3", "rollout.n_samples=3", "deepspeed.num_ranks=2"], "divisible by deepspeed.num_ranks"),
-        (["users_per_iter=4", "rollout.n_samples=2", "policy.minibatch_size=3"], "policy.minibatch_size (3) must divide"),
+        (
+            ["users_per_iter=4", "rollout.n_samples=2", "policy.minibatch_size=3"],
+            "policy.minibatch_size (3) must divide",
+        ),
     ],
 )
 def test_plus_config_errors_exit_2(args, message):

@@ -18,8 +18,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from rlhf_cluster.config import ActorResources, DeepSpeedConfig, OptimConfig, PolicyTrainConfig
-from rlhf_cluster.reward_model import BatchError
-from rlhf_cluster.schema import POLICY_BATCH_SCHEMA, ROLLOUT_SCHEMA, TOKEN_LOGPROBS_SCHEMA
+from rlhf_cluster.schema import POLICY_BATCH_SCHEMA, ROLLOUT_SCHEMA, TOKEN_LOGPROBS_SCHEMA, BatchError
 from rlhf_cluster.sequences import (
     check_policy_batch,
     encode_summaries,
@@ -39,8 +38,16 @@ SUMMARIES = [[10, 20], [30, 31, 32, 33], [40]]
 def tiny_lm() -> LlamaForCausalLM:
     # initializer_range 0.2 (not 0.02): peaked, position-sensitive distributions, so mistakes show.
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=61, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.2)
+    cfg = LlamaConfig(
+        vocab_size=61,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -59,8 +66,10 @@ def _right_padded(model, prompts, summaries, pad: int = 0) -> list[torch.Tensor]
     mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
     with torch.no_grad():
         logps = model(input_ids=ids, attention_mask=mask).logits.log_softmax(-1)
-    return [logps[i, len(p) - 1 : len(p) - 1 + len(s)].gather(-1, torch.tensor(s).unsqueeze(-1)).squeeze(-1)
-            for i, (p, s) in enumerate(zip(prompts, summaries))]
+    return [
+        logps[i, len(p) - 1 : len(p) - 1 + len(s)].gather(-1, torch.tensor(s).unsqueeze(-1)).squeeze(-1)
+        for i, (p, s) in enumerate(zip(prompts, summaries))
+    ]
 
 
 # ------------------------------------------------------------------------------ sequences, no Ray
@@ -127,18 +136,27 @@ def test_shared_prompt_forward_equals_the_full_forward_in_value_and_gradient(tin
     assert any(g.abs().sum() > 0 for g in g_shared)
     # one-token summaries: the prompt forward alone
     one = encode_summaries(prompts[:2], [[5], [6]])
-    assert torch.allclose(summary_logits(tiny_lm, one.input_ids, one.attention_mask, one.position_ids, 1),
-                          summary_logits(tiny_lm, one.input_ids, one.attention_mask, one.position_ids, 1, share_prompts=False),
-                          atol=1e-5)
+    assert torch.allclose(
+        summary_logits(tiny_lm, one.input_ids, one.attention_mask, one.position_ids, 1),
+        summary_logits(tiny_lm, one.input_ids, one.attention_mask, one.position_ids, 1, share_prompts=False),
+        atol=1e-5,
+    )
 
 
 def _rollout_table(prompts, summaries, logprobs) -> pa.Table:
     n = len(prompts)
     return pa.Table.from_pydict(
-        {"request_id": [i // 2 for i in range(n)], "user_id": [f"u{i // 2}" for i in range(n)],
-         "sample_index": [i % 2 for i in range(n)], "prompt_token_ids": prompts, "summary_token_ids": summaries,
-         "summary_logprobs": logprobs, "summary_text": ["s"] * n, "finish_reason": ["stop"] * n,
-         "weight_version": [0] * n},
+        {
+            "request_id": [i // 2 for i in range(n)],
+            "user_id": [f"u{i // 2}" for i in range(n)],
+            "sample_index": [i % 2 for i in range(n)],
+            "prompt_token_ids": prompts,
+            "summary_token_ids": summaries,
+            "summary_logprobs": logprobs,
+            "summary_text": ["s"] * n,
+            "finish_reason": ["stop"] * n,
+            "weight_version": [0] * n,
+        },
         schema=ROLLOUT_SCHEMA,
     )
 
@@ -159,10 +177,16 @@ def test_policy_batch_errors_name_the_problem():
     good = policy_batch(_rollout_table(PROMPTS, SUMMARIES, [[-1.0] * len(s) for s in SUMMARIES]), torch.zeros(3))
     with pytest.raises(BatchError, match=r"here: batch schema mismatch \(missing \['advantages'\]"):
         check_policy_batch(good.drop_columns(["advantages"]), "here")
-    short = good.set_column(3, POLICY_BATCH_SCHEMA.field("advantages"), pa.array([[0.0], [0.0] * 4, [0.0]], pa.list_(pa.float32())))
+    short = good.set_column(
+        3, POLICY_BATCH_SCHEMA.field("advantages"), pa.array([[0.0], [0.0] * 4, [0.0]], pa.list_(pa.float32()))
+    )
     with pytest.raises(BatchError, match="row 0: advantages has a different length than summary_token_ids"):
         check_policy_batch(short, "here")
-    nan = good.set_column(2, POLICY_BATCH_SCHEMA.field("summary_logprobs"), pa.array([[0.0, float("nan")], [0.0] * 4, [0.0]], pa.list_(pa.float32())))
+    nan = good.set_column(
+        2,
+        POLICY_BATCH_SCHEMA.field("summary_logprobs"),
+        pa.array([[0.0, float("nan")], [0.0] * 4, [0.0]], pa.list_(pa.float32())),
+    )
     with pytest.raises(BatchError, match="summary_logprobs holds 1 non-finite values"):
         check_policy_batch(nan, "here")
 
@@ -193,9 +217,15 @@ def rollout(tiny_data, summarizer) -> pa.Table:
     torch.manual_seed(0)
     summaries = []
     for p in prompts:
-        out = model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                             do_sample=True, top_k=None, max_new_tokens=MAX_NEW, pad_token_id=tok.pad_token_id)
-        new = out[0, len(p):].tolist()
+        out = model.generate(
+            input_ids=torch.tensor([p]),
+            attention_mask=torch.ones(1, len(p), dtype=torch.long),
+            do_sample=True,
+            top_k=None,
+            max_new_tokens=MAX_NEW,
+            pad_token_id=tok.pad_token_id,
+        )
+        new = out[0, len(p) :].tolist()
         summaries.append(new[: new.index(tok.eos_token_id) + 1] if tok.eos_token_id in new else new)
     logprobs, mask = sequence_logprobs(model, prompts, summaries)
     old = [row[: len(s)].tolist() for row, s in zip(logprobs, summaries)]
@@ -268,7 +298,9 @@ def test_grpo_step_moves_the_summary_logprob_with_the_advantage(policy1, summari
     assert metrics["loss"] == pytest.approx(-sign, abs=1e-5)
     assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5) and metrics["clip_frac"] == 0.0
     assert abs(metrics["approx_kl"]) < 1e-6 and metrics["grad_norm"] > 0 and metrics["entropy"] > 0
-    assert metrics["n_sequences"] == 4 and metrics["n_tokens"] == sum(len(s) for s in batch.column("summary_token_ids").to_pylist())
+    assert metrics["n_sequences"] == 4 and metrics["n_tokens"] == sum(
+        len(s) for s in batch.column("summary_token_ids").to_pylist()
+    )
     after = _seq_logprob(policy1.logprobs(batch))
     assert sign * (after[0] - before[0]) > 1e-3, (before, after)
 
@@ -322,5 +354,7 @@ def test_bad_batches_are_clear_errors(policy2, rollout):
     with pytest.raises(BatchError, match="PolicyGroup.logprobs: the batch has no rows"):
         policy2.logprobs(rollout.slice(0, 0))
     with pytest.raises(BatchError, match="column 'prompt_token_ids' is list<item: int64>"):
-        policy2.logprobs(pa.table({"prompt_token_ids": [[1, 2]], "summary_token_ids": pa.array([[3]], pa.list_(pa.int32()))}))
+        policy2.logprobs(
+            pa.table({"prompt_token_ids": [[1, 2]], "summary_token_ids": pa.array([[3]], pa.list_(pa.int32()))})
+        )
     assert policy2.logprobs(rollout.slice(0, 2)).num_rows == 2  # the group is still usable

@@ -47,12 +47,22 @@ def ray_head():
     dash = _free_port()
     temp_dir = tempfile.mkdtemp(prefix="rayt", dir="/tmp")  # short: Ray's unix socket paths must be < 108 chars
     cmd = [
-        f"{bindir}/ray", "start", "--head", "--block", "--num-cpus=2", f"--port={_free_port()}",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
-        "--disable-usage-stats", f"--temp-dir={temp_dir}",
+        f"{bindir}/ray",
+        "start",
+        "--head",
+        "--block",
+        "--num-cpus=2",
+        f"--port={_free_port()}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
         # fixed default ports would clash with the test session's own local Ray (its agent holds them)
-        f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-        f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
     ]
     head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -75,11 +85,24 @@ def test_plus_via_ray_job_submit(ray_head, tiny_data, tiny_models, tmp_path):
     address, env = ray_head
     run_dir = tmp_path / "run"
     cmd = [
-        str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
-        "--runtime-env", "deploy/runtime_env.yaml", "--",
-        "python", "-m", "jobs.plus", f"data.dir={tiny_data}", f"models.summarizer={tiny_models / 'summarizer'}",
-        f"models.reward_model={tiny_models / 'reward_model'}", f"run_dir={run_dir}", *TINY,
-        "iterations=2", "eval_every=2",
+        str(Path(sys.executable).parent / "ray"),
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--runtime-env",
+        "deploy/runtime_env.yaml",
+        "--",
+        "python",
+        "-m",
+        "jobs.plus",
+        f"data.dir={tiny_data}",
+        f"models.summarizer={tiny_models / 'summarizer'}",
+        f"models.reward_model={tiny_models / 'reward_model'}",
+        f"run_dir={run_dir}",
+        *TINY,
+        "iterations=2",
+        "eval_every=2",
     ]
     for _ in range(30):  # the dashboard answers before the node's job agent registers: retry only that
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=500)

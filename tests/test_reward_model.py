@@ -10,15 +10,13 @@ import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from rlhf_cluster.reward_model import (
-    BatchError,
-    check_batch,
     conditioning_texts,
     encode_pairs,
     encode_texts,
     pair_table,
     sequence_rewards,
 )
-from rlhf_cluster.schema import EXAMPLE_SCHEMA, REWARD_PAIR_SCHEMA
+from rlhf_cluster.schema import EXAMPLE_SCHEMA, REWARD_PAIR_SCHEMA, BatchError, check_batch
 from rlhf_cluster.tensors import tensor_to_list_array
 from rlhf_cluster.tokenizer import train_tokenizer
 
@@ -65,8 +63,9 @@ def test_conditioning_modes():
 
 def test_conditioning_errors_name_the_problem():
     ex = _examples()
-    no_desc = ex.set_column(ex.schema.get_field_index("user_description"), "user_description",
-                            pa.array([None, "x", None], pa.string()))
+    no_desc = ex.set_column(
+        ex.schema.get_field_index("user_description"), "user_description", pa.array([None, "x", None], pa.string())
+    )
     with pytest.raises(ValueError, match="row 0 .and 1 more. has none"):
         conditioning_texts(no_desc, "oracle")
     with pytest.raises(ValueError, match=r"one summary per example \(3\), got 2"):
@@ -146,7 +145,9 @@ class _PositionProbe(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.backbone = lambda input_ids, attention_mask: SimpleNamespace(last_hidden_state=input_ids.float()[..., None])
+        self.backbone = lambda input_ids, attention_mask: SimpleNamespace(
+            last_hidden_state=input_ids.float()[..., None]
+        )
         self.score = torch.nn.Identity()
 
 
@@ -159,8 +160,16 @@ def test_reward_is_read_at_the_last_real_token(tok):
 
 
 def test_right_padding_does_not_change_a_real_models_reward(tok):
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForSequenceClassification(config).eval()
     batch = _pairs()

@@ -53,7 +53,9 @@ def make_reward_checkpoint(backbone: Path, out: Path, seed: int = 0, scale: floa
 def make_plus_run(run: Path, data: Path, models: Path) -> Path:
     """A jobs.plus run directory as the job leaves it: config.yaml, best/{summarizer,reward_model}."""
     cfg = PlusConfig(
-        run_dir=str(run), data={"dir": str(data)}, rm={"max_length": MAX_LENGTH},
+        run_dir=str(run),
+        data={"dir": str(data)},
+        rm={"max_length": MAX_LENGTH},
         models={"summarizer": str(models / "summarizer"), "reward_model": str(models / "reward_model")},
     )
     run.mkdir(parents=True)
@@ -89,10 +91,14 @@ class Endpoint:
         self.auth = {"Authorization": f"Bearer {TOKEN}"}
 
     def post(self, path: str, body=None, **kw):
-        return requests.post(self.url + path, json=body, headers={**self.auth, **kw.pop("headers", {})}, timeout=60, **kw)
+        return requests.post(
+            self.url + path, json=body, headers={**self.auth, **kw.pop("headers", {})}, timeout=60, **kw
+        )
 
     def call(self, method: str, path: str, **kw):
-        return requests.request(method, self.url + path, headers={**self.auth, **kw.pop("headers", {})}, timeout=60, **kw)
+        return requests.request(
+            method, self.url + path, headers={**self.auth, **kw.pop("headers", {})}, timeout=60, **kw
+        )
 
 
 @pytest.fixture(scope="module")
@@ -107,18 +113,23 @@ def endpoint(ray_local, tiny_data, tiny_models, tmp_path_factory, monkeypatch_mo
     monkeypatch_module.setenv(TOKEN_ENV, TOKEN)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app({
-        "run_dir": str(run), "store_path": str(store), "auth": {"token_env": TOKEN_ENV}, "limits": LIMITS,
-        # sampled (seeded per request: reproducible) and hot: the barely trained summarizer's greedy output is
-        # empty, and at temperature 1 it writes the same words for every context
-        "rollout": {"max_model_len": 320, "max_new_tokens": 32, "temperature": 1.5},
-        "deployments": {
-            "ingress": {"resources": {"num_cpus": 0.1}},
-            "summarizer": {"resources": {"num_cpus": 0.25}},
-            # a long wait, so that concurrent requests really share batches
-            "reward_model": {"resources": {"num_cpus": 0.25}, "max_batch_size": 16, "batch_wait_timeout_s": 0.05},
-        },
-    })
+    app = build_app(
+        {
+            "run_dir": str(run),
+            "store_path": str(store),
+            "auth": {"token_env": TOKEN_ENV},
+            "limits": LIMITS,
+            # sampled (seeded per request: reproducible) and hot: the barely trained summarizer's greedy output is
+            # empty, and at temperature 1 it writes the same words for every context
+            "rollout": {"max_model_len": 320, "max_new_tokens": 32, "temperature": 1.5},
+            "deployments": {
+                "ingress": {"resources": {"num_cpus": 0.1}},
+                "summarizer": {"resources": {"num_cpus": 0.25}},
+                # a long wait, so that concurrent requests really share batches
+                "reward_model": {"resources": {"num_cpus": 0.25}, "max_batch_size": 16, "batch_wait_timeout_s": 0.05},
+            },
+        }
+    )
     serve.run(app, name=APP, route_prefix="/")
     try:
         yield Endpoint(f"http://127.0.0.1:{port}", run, store)
@@ -241,7 +252,9 @@ def test_resolve_models_from_plus_and_train_rm_runs(tiny_data, tiny_models, tmp_
     # jobs.train_rm: the checkpoint is <run>/last (no best/ here), the summarizer is the run's fixed one
     rm_run = tmp_path / "rm"
     cfg = TrainRMConfig(
-        run_dir=str(rm_run), data={"dir": str(tiny_data)}, rm={"conditioning": "oracle", "max_length": 200},
+        run_dir=str(rm_run),
+        data={"dir": str(tiny_data)},
+        rm={"conditioning": "oracle", "max_length": 200},
         models={"reward_model": str(tiny_models / "reward_model"), "summarizer": str(tiny_models / "summarizer")},
     )
     rm_run.mkdir()
@@ -266,7 +279,9 @@ def test_every_route_works(endpoint):
     ep = endpoint
     assert requests.get(ep.url + "/healthz", timeout=10).json() == {"status": "ok"}
     spec = ep.call("GET", "/openapi.json").json()
-    assert {"/v1/summaries", "/v1/users/{user_id}/summary", "/v1/rewards", "/v1/compare", "/healthz"} <= set(spec["paths"])
+    assert {"/v1/summaries", "/v1/users/{user_id}/summary", "/v1/rewards", "/v1/compare", "/healthz"} <= set(
+        spec["paths"]
+    )
     assert "HTTPBearer" in json.dumps(spec["components"]["securitySchemes"])
     assert "swagger" in ep.call("GET", "/docs").text.lower()
 
@@ -287,15 +302,21 @@ def test_every_route_works(endpoint):
     by_user = ep.post("/v1/rewards", {"user_id": "route-user", "prompt": "Which pet?", "responses": responses}).json()
     assert by_user["conditioning"] == "stored" and by_user["summary"] == "Likes quiet cats."
     assert len(by_user["rewards"]) == 3 and len(set(by_user["rewards"])) == 3
-    by_text = ep.post("/v1/rewards", {"summary": "Likes quiet cats.", "prompt": "Which pet?", "responses": responses}).json()
+    by_text = ep.post(
+        "/v1/rewards", {"summary": "Likes quiet cats.", "prompt": "Which pet?", "responses": responses}
+    ).json()
     assert by_text["rewards"] == pytest.approx(by_user["rewards"], abs=1e-5) and by_text["conditioning"] == "given"
-    other = ep.post("/v1/rewards", {"summary": "Wants a guard dog.", "prompt": "Which pet?", "responses": responses}).json()
+    other = ep.post(
+        "/v1/rewards", {"summary": "Wants a guard dog.", "prompt": "Which pet?", "responses": responses}
+    ).json()
     assert other["rewards"] != pytest.approx(by_user["rewards"], abs=1e-3), "the summary must change the rewards"
     by_context = ep.post("/v1/rewards", {"context": context, "prompt": "Which pet?", "responses": responses}).json()
     assert by_context["conditioning"] == "summarized" and by_context["summary"] == written
 
-    cmp = ep.post("/v1/compare", {"user_id": "route-user", "prompt": "Which pet?",
-                                  "response_a": responses[0], "response_b": responses[1]}).json()
+    cmp = ep.post(
+        "/v1/compare",
+        {"user_id": "route-user", "prompt": "Which pet?", "response_a": responses[0], "response_b": responses[1]},
+    ).json()
     r_a, r_b = by_user["rewards"][:2]
     assert cmp["rewards"] == pytest.approx([r_a, r_b], abs=1e-5)
     assert cmp["p_a"] == pytest.approx(1 / (1 + math.exp(r_b - r_a)), abs=1e-6)
@@ -307,11 +328,25 @@ def test_every_route_works(endpoint):
 
 @pytest.mark.slow
 def test_auth_is_required_on_every_route_but_healthz(endpoint):
-    routes = [("POST", "/v1/summaries"), ("PUT", "/v1/users/u/summary"), ("GET", "/v1/users/u/summary"),
-              ("DELETE", "/v1/users/u/summary"), ("POST", "/v1/rewards"), ("POST", "/v1/compare"),
-              ("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/no/such/route")]
-    bad_headers = [{}, {"Authorization": "Bearer wrong-token"}, {"Authorization": f"Basic {TOKEN}"},
-                   {"Authorization": "Bearer"}, {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": TOKEN}]
+    routes = [
+        ("POST", "/v1/summaries"),
+        ("PUT", "/v1/users/u/summary"),
+        ("GET", "/v1/users/u/summary"),
+        ("DELETE", "/v1/users/u/summary"),
+        ("POST", "/v1/rewards"),
+        ("POST", "/v1/compare"),
+        ("GET", "/docs"),
+        ("GET", "/openapi.json"),
+        ("GET", "/no/such/route"),
+    ]
+    bad_headers = [
+        {},
+        {"Authorization": "Bearer wrong-token"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": "Bearer"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": TOKEN},
+    ]
     for method, path in routes:
         for headers in bad_headers:
             r = requests.request(method, endpoint.url + path, headers=headers, json={"summary": "x"}, timeout=10)
@@ -335,7 +370,9 @@ def test_rewards_equal_the_offline_reward_model(endpoint, offline_rm, tiny_data)
     def ask(i_row):
         i, row = i_row
         who = {"user_id": row["user_id"]} if i < 8 else {"summary": row["user_description"]}
-        return endpoint.post("/v1/rewards", {**who, "prompt": row["prompt"], "responses": [row["chosen"], row["rejected"]]})
+        return endpoint.post(
+            "/v1/rewards", {**who, "prompt": row["prompt"], "responses": [row["chosen"], row["rejected"]]}
+        )
 
     with ThreadPoolExecutor(8) as pool:
         replies = list(pool.map(ask, enumerate(rows)))
@@ -350,22 +387,26 @@ def test_rewards_equal_the_offline_reward_model(endpoint, offline_rm, tiny_data)
 
 @pytest.mark.slow
 def test_summaries_equal_the_offline_summarizer(endpoint, tiny_data):
-    from jobs.summarize import build_requests
     from rlhf_cluster.config import RolloutConfig
     from rlhf_cluster.data import read_split
     from rlhf_cluster.generation import HfEngine
     from rlhf_cluster.models import load_tokenizer
+    from rlhf_cluster.prompts import build_requests
 
     examples = read_split(tiny_data, "test_unseen_users")
     first_of_user = {u: i for i, u in reversed(list(enumerate(examples.column("user_id").to_pylist())))}
     examples = examples.take(sorted(first_of_user.values()))  # one row (one context) per user
     rows = examples.to_pylist()
     with ThreadPoolExecutor(4) as pool:
-        served = list(pool.map(lambda row: endpoint.post("/v1/summaries", {"context": row["context"]}).json()["summary"], rows))
+        served = list(
+            pool.map(lambda row: endpoint.post("/v1/summaries", {"context": row["context"]}).json()["summary"], rows)
+        )
     path = str(endpoint.run / "best" / "summarizer")
     rollout = RolloutConfig(backend="hf", temperature=1.5, max_new_tokens=32, max_model_len=320)
     prompts = build_requests(examples, load_tokenizer(path), rollout, seed=0).column("prompt_token_ids").to_pylist()
-    offline = [s[0].text.strip() for s in HfEngine(path, rollout, "float32", seed=0).generate(prompts, [0] * len(prompts))]
+    offline = [
+        s[0].text.strip() for s in HfEngine(path, rollout, "float32", seed=0).generate(prompts, [0] * len(prompts))
+    ]
     assert served == offline
     assert all(served) and len(set(served)) > 1, "non-empty summaries that differ by context"
 
@@ -399,39 +440,200 @@ def bad_input_corpus():
 
     return [
         ("invalid JSON", "POST", "/v1/rewards", {"data": b"{bad", "headers": js}, 400, "not valid JSON"),
-        ("invalid UTF-8", "POST", "/v1/rewards", {"data": b'{"prompt": "\xff\xfe"}', "headers": js}, 400, "not valid UTF-8"),
-        ("not JSON media type", "POST", "/v1/rewards", {"data": json.dumps(ok), "headers": {"Content-Type": "text/plain"}}, 415, "application/json"),
+        (
+            "invalid UTF-8",
+            "POST",
+            "/v1/rewards",
+            {"data": b'{"prompt": "\xff\xfe"}', "headers": js},
+            400,
+            "not valid UTF-8",
+        ),
+        (
+            "not JSON media type",
+            "POST",
+            "/v1/rewards",
+            {"data": json.dumps(ok), "headers": {"Content-Type": "text/plain"}},
+            415,
+            "application/json",
+        ),
         ("no body", "POST", "/v1/rewards", {"data": b"", "headers": js}, 422, "JSON object body is required"),
         ("body not an object", "POST", "/v1/rewards", {"json": [1, 2]}, 422, "expected a JSON object"),
-        ("deeply nested JSON", "POST", "/v1/rewards", {"data": b"[" * 5000 + b"]" * 5000, "headers": js}, 400, "error parsing the body"),
+        (
+            "deeply nested JSON",
+            "POST",
+            "/v1/rewards",
+            {"data": b"[" * 5000 + b"]" * 5000, "headers": js},
+            400,
+            "error parsing the body",
+        ),
         ("missing prompt", "POST", "/v1/rewards", body(prompt=None), 422, "prompt: Field required"),
         ("prompt not a string", "POST", "/v1/rewards", body(prompt=5), 422, "prompt: Input should be a valid string"),
-        ("responses not a list", "POST", "/v1/rewards", body(responses="A cat."), 422, "responses: Input should be a valid list"),
-        ("response not a string", "POST", "/v1/rewards", body(responses=["ok", 1]), 422, "responses[1]: Input should be a valid string"),
-        ("empty prompt", "POST", "/v1/rewards", body(prompt=""), 422, "prompt: String should have at least 1 character"),
+        (
+            "responses not a list",
+            "POST",
+            "/v1/rewards",
+            body(responses="A cat."),
+            422,
+            "responses: Input should be a valid list",
+        ),
+        (
+            "response not a string",
+            "POST",
+            "/v1/rewards",
+            body(responses=["ok", 1]),
+            422,
+            "responses[1]: Input should be a valid string",
+        ),
+        (
+            "empty prompt",
+            "POST",
+            "/v1/rewards",
+            body(prompt=""),
+            422,
+            "prompt: String should have at least 1 character",
+        ),
         ("blank summary", "POST", "/v1/rewards", body(summary="   "), 422, "summary: must not be empty"),
         ("empty response", "POST", "/v1/rewards", body(responses=["x", ""]), 422, "responses[1]"),
         ("no responses", "POST", "/v1/rewards", body(responses=[]), 422, "responses: List should have at least 1 item"),
-        ("too many responses", "POST", "/v1/rewards", body(responses=["r"] * 9), 422, "responses: List should have at most 8 items"),
-        ("text too long", "POST", "/v1/rewards", body(prompt="x" * 2001), 422, "prompt: String should have at most 2000 characters"),
-        ("body too large", "POST", "/v1/rewards", body(responses=["x" * 1999] * 8, summary="y" * 1999), 413, "request body too large"),
-        ("chunked body too large", "POST", "/v1/rewards", {"data": chunks(), "headers": js}, 413, "request body too large"),
-        ("unknown user", "POST", "/v1/rewards", body(summary=None, user_id="nobody-here"), 404, "no stored summary for user_id 'nobody-here'"),
-        ("no conditioning", "POST", "/v1/rewards", body(summary=None), 422, "give exactly one of user_id, summary or context"),
+        (
+            "too many responses",
+            "POST",
+            "/v1/rewards",
+            body(responses=["r"] * 9),
+            422,
+            "responses: List should have at most 8 items",
+        ),
+        (
+            "text too long",
+            "POST",
+            "/v1/rewards",
+            body(prompt="x" * 2001),
+            422,
+            "prompt: String should have at most 2000 characters",
+        ),
+        (
+            "body too large",
+            "POST",
+            "/v1/rewards",
+            body(responses=["x" * 1999] * 8, summary="y" * 1999),
+            413,
+            "request body too large",
+        ),
+        (
+            "chunked body too large",
+            "POST",
+            "/v1/rewards",
+            {"data": chunks(), "headers": js},
+            413,
+            "request body too large",
+        ),
+        (
+            "unknown user",
+            "POST",
+            "/v1/rewards",
+            body(summary=None, user_id="nobody-here"),
+            404,
+            "no stored summary for user_id 'nobody-here'",
+        ),
+        (
+            "no conditioning",
+            "POST",
+            "/v1/rewards",
+            body(summary=None),
+            422,
+            "give exactly one of user_id, summary or context",
+        ),
         ("two conditionings", "POST", "/v1/rewards", body(user_id="u1"), 422, "got user_id, summary"),
-        ("bad user id in body", "POST", "/v1/rewards", body(summary=None, user_id="a b"), 422, "user_id: String should match pattern"),
-        ("negative limit", "POST", "/v1/rewards", body(max_context_pairs=-1), 422, "max_context_pairs: Input should be greater than or equal to 0"),
-        ("misspelt field", "POST", "/v1/rewards", body(respones=["x"]), 422, "respones: Extra inputs are not permitted"),
-        ("lone surrogate", "POST", "/v1/rewards", {"data": b'{"summary": "s", "prompt": "\\ud800", "responses": ["r"]}', "headers": js}, 422, "prompt"),
-        ("compare missing b", "POST", "/v1/compare", {"json": {"summary": "s", "prompt": "p", "response_a": "a"}}, 422, "response_b: Field required"),
-        ("too many context pairs", "POST", "/v1/summaries", {"json": {"context": [{"prompt": "p", "chosen": "c", "rejected": "r"}] * 9}}, 422, "context: List should have at most 8 items"),
-        ("bad message role", "POST", "/v1/summaries", {"json": {"context_messages": [{"role": "robot", "content": "hi"}]}}, 422, "context_messages[0].role"),
-        ("empty context", "POST", "/v1/summaries", {"json": {"context": [], "user_id": "u1"}}, 422, "context or context_messages must hold at least one item"),
-        ("context too long for the summarizer", "POST", "/v1/summaries", {"json": {"context": [{"prompt": LONG_TEXT, "chosen": "c", "rejected": "r"}]}}, 422, "tokens; at most 288 fit"),
+        (
+            "bad user id in body",
+            "POST",
+            "/v1/rewards",
+            body(summary=None, user_id="a b"),
+            422,
+            "user_id: String should match pattern",
+        ),
+        (
+            "negative limit",
+            "POST",
+            "/v1/rewards",
+            body(max_context_pairs=-1),
+            422,
+            "max_context_pairs: Input should be greater than or equal to 0",
+        ),
+        (
+            "misspelt field",
+            "POST",
+            "/v1/rewards",
+            body(respones=["x"]),
+            422,
+            "respones: Extra inputs are not permitted",
+        ),
+        (
+            "lone surrogate",
+            "POST",
+            "/v1/rewards",
+            {"data": b'{"summary": "s", "prompt": "\\ud800", "responses": ["r"]}', "headers": js},
+            422,
+            "prompt",
+        ),
+        (
+            "compare missing b",
+            "POST",
+            "/v1/compare",
+            {"json": {"summary": "s", "prompt": "p", "response_a": "a"}},
+            422,
+            "response_b: Field required",
+        ),
+        (
+            "too many context pairs",
+            "POST",
+            "/v1/summaries",
+            {"json": {"context": [{"prompt": "p", "chosen": "c", "rejected": "r"}] * 9}},
+            422,
+            "context: List should have at most 8 items",
+        ),
+        (
+            "bad message role",
+            "POST",
+            "/v1/summaries",
+            {"json": {"context_messages": [{"role": "robot", "content": "hi"}]}},
+            422,
+            "context_messages[0].role",
+        ),
+        (
+            "empty context",
+            "POST",
+            "/v1/summaries",
+            {"json": {"context": [], "user_id": "u1"}},
+            422,
+            "context or context_messages must hold at least one item",
+        ),
+        (
+            "context too long for the summarizer",
+            "POST",
+            "/v1/summaries",
+            {"json": {"context": [{"prompt": LONG_TEXT, "chosen": "c", "rejected": "r"}]}},
+            422,
+            "tokens; at most 288 fit",
+        ),
         ("bad user id in path", "GET", "/v1/users/bad%20id!/summary", {}, 422, "user_id: String should match pattern"),
-        ("user id too long", "PUT", "/v1/users/" + "u" * 129 + "/summary", {"json": {"summary": "s"}}, 422, "user_id: String should have at most 128 characters"),
+        (
+            "user id too long",
+            "PUT",
+            "/v1/users/" + "u" * 129 + "/summary",
+            {"json": {"summary": "s"}},
+            422,
+            "user_id: String should have at most 128 characters",
+        ),
         ("summary missing", "PUT", "/v1/users/u1/summary", {"json": {}}, 422, "summary: Field required"),
-        ("summary too long", "PUT", "/v1/users/u1/summary", {"json": {"summary": "s" * 2001}}, 422, "summary: String should have at most 2000 characters"),
+        (
+            "summary too long",
+            "PUT",
+            "/v1/users/u1/summary",
+            {"json": {"summary": "s" * 2001}},
+            422,
+            "summary: String should have at most 2000 characters",
+        ),
         ("unknown user get", "GET", "/v1/users/nobody-here/summary", {}, 404, "no stored summary"),
         ("unknown user delete", "DELETE", "/v1/users/nobody-here/summary", {}, 404, "no stored summary"),
         ("unknown route", "GET", "/v1/nothing", {}, 404, "Not Found"),
@@ -446,7 +648,9 @@ def test_bad_inputs_get_4xx_with_clear_messages_and_the_app_still_serves(endpoin
     failures = []
     for name, method, path, kwargs, status, words in bad_input_corpus():
         r = endpoint.call(method, path, **kwargs)
-        detail = r.json().get("detail", "") if r.headers.get("content-type", "").startswith("application/json") else r.text
+        detail = (
+            r.json().get("detail", "") if r.headers.get("content-type", "").startswith("application/json") else r.text
+        )
         if r.status_code != status or words not in str(detail):
             failures.append(f"{name}: got {r.status_code} {str(detail)[:300]!r}; expected {status} with {words!r}")
     assert not failures, "\n".join(failures)
@@ -463,8 +667,10 @@ def test_python_client(endpoint):
         stored = client.set_summary("client-user", "Likes small pets.")
         assert stored["source"] == "user" and client.get_summary("client-user")["summary"] == "Likes small pets."
         rewards = client.rewards("Which pet?", ["A hamster.", "A horse."], user_id="client-user")
-        direct = endpoint.post("/v1/rewards", {"summary": "Likes small pets.", "prompt": "Which pet?",
-                                               "responses": ["A hamster.", "A horse."]}).json()["rewards"]
+        direct = endpoint.post(
+            "/v1/rewards",
+            {"summary": "Likes small pets.", "prompt": "Which pet?", "responses": ["A hamster.", "A horse."]},
+        ).json()["rewards"]
         assert rewards == pytest.approx(direct, abs=1e-5)
         p = client.compare("Which pet?", "A hamster.", "A horse.", summary="Likes small pets.")
         assert p == pytest.approx(1 / (1 + math.exp(direct[1] - direct[0])), abs=1e-6)
@@ -474,7 +680,9 @@ def test_python_client(endpoint):
         assert len(client.rewards("p", ["a", "b"], context=context)) == 2
         assert client.delete_summary("client-user") is True and client.delete_summary("client-user") is False
         assert client.get_summary("client-user") is None
-        with pytest.raises(ServeRequestError, match=r"POST /v1/rewards → 422: .*responses: List should have at most 8") as err:
+        with pytest.raises(
+            ServeRequestError, match=r"POST /v1/rewards → 422: .*responses: List should have at most 8"
+        ) as err:
             client.rewards("p", ["r"] * 9, summary="s")
         assert err.value.status == 422
         with pytest.raises(ServeRequestError, match="404: no stored summary"):
@@ -494,8 +702,11 @@ def test_stored_summary_survives_a_replica_restart(endpoint):
     endpoint.call("PUT", "/v1/users/durable-user/summary", json={"summary": "Kept across restarts."})
 
     def replicas(deployment: str) -> list[str]:
-        return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                if a["name"].startswith(f"SERVE_REPLICA::{APP}#{deployment}#")]
+        return [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith(f"SERVE_REPLICA::{APP}#{deployment}#")
+        ]
 
     (old,) = replicas("Ingress")
     ray.kill(ray.get_actor(old, namespace="serve"), no_restart=True)

@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import run_job
 
 TINY = [
-    "rm.steps=6", "rm.batch_size=8", "rm.eval_every=3", "rm.eval_limit=16", "rm.max_length=384",
-    "deepspeed.num_ranks=2", "deepspeed.zero_stage=2", "rank_resources.num_cpus=0.5", "ray.num_cpus=2",
+    "rm.steps=6",
+    "rm.batch_size=8",
+    "rm.eval_every=3",
+    "rm.eval_limit=16",
+    "rm.max_length=384",
+    "deepspeed.num_ranks=2",
+    "deepspeed.zero_stage=2",
+    "rank_resources.num_cpus=0.5",
+    "ray.num_cpus=2",
 ]
 
 
@@ -18,8 +24,12 @@ TINY = [
 def test_train_rm_then_evaluate(tiny_data, tiny_models, tmp_path):
     run = tmp_path / "rm-oracle"
     proc = run_job(
-        "jobs.train_rm", f"data.dir={tiny_data}", f"models.reward_model={tiny_models / 'reward_model'}",
-        f"run_dir={run}", "rm.conditioning=oracle", *TINY,
+        "jobs.train_rm",
+        f"data.dir={tiny_data}",
+        f"models.reward_model={tiny_models / 'reward_model'}",
+        f"run_dir={run}",
+        "rm.conditioning=oracle",
+        *TINY,
     )
     assert "best validation accuracy" in proc.stdout
     for name in ("config.yaml", "metrics.jsonl", "best.json", "best/config.json", "last/config.json"):
@@ -45,7 +55,15 @@ def test_train_rm_config_errors_exit_2(tiny_data, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jobs.train_rm", *args], capture_output=True, text=True)
     assert proc.returncode == 2 and "divisible by deepspeed.num_ranks" in proc.stderr
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.train_rm", f"data.dir={tiny_data}", "models.reward_model=x", "rm.conditioning=summary"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "jobs.train_rm",
+            f"data.dir={tiny_data}",
+            "models.reward_model=x",
+            "rm.conditioning=summary",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2 and "needs models.summarizer" in proc.stderr

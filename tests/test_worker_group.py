@@ -25,8 +25,8 @@ from rlhf_cluster.distributed import (
     warmup_factor,
     write_dir_atomically,
 )
-from rlhf_cluster.reward_model import BatchError, conditioning_texts, encode_pairs, pair_table, sequence_rewards
-from rlhf_cluster.schema import REWARD_SCORE_SCHEMA
+from rlhf_cluster.reward_model import conditioning_texts, encode_pairs, pair_table, sequence_rewards
+from rlhf_cluster.schema import REWARD_SCORE_SCHEMA, BatchError
 from rlhf_cluster.worker_group import port_was_taken, split_even, split_near_even
 
 RANK = ActorResources(num_cpus=0.5)  # 2 ranks of one group + 2 of another fit on the 2-CPU test Ray
@@ -88,8 +88,9 @@ def test_write_dir_atomically_replaces_or_leaves_nothing(tmp_path):
 
 
 def test_port_was_taken_reads_torchs_error():
-    assert port_was_taken(RuntimeError("DistNetworkError: ... port: 45879, code: -98, name: EADDRINUSE, message: "
-                                       "address already in use"))
+    assert port_was_taken(
+        RuntimeError("DistNetworkError: ... port: 45879, code: -98, name: EADDRINUSE, message: address already in use")
+    )
     assert port_was_taken(OSError("[Errno 98] Address already in use"))
     assert not port_was_taken(RuntimeError("Connection refused"))
 
@@ -121,7 +122,9 @@ def backbone(tiny_models) -> str:
 
 
 def _rm(**optim) -> RewardTrainConfig:
-    return RewardTrainConfig(batch_size=BATCH, max_length=256, optim=OptimConfig(**{"lr": LR, "warmup_steps": 2, **optim}))
+    return RewardTrainConfig(
+        batch_size=BATCH, max_length=256, optim=OptimConfig(**{"lr": LR, "warmup_steps": 2, **optim})
+    )
 
 
 def _group(backbone: str, ranks: int, stage: int = 2, rm: RewardTrainConfig | None = None):
@@ -202,7 +205,9 @@ def test_score_keeps_input_order(trained, pairs):
     for col in ("r_chosen", "r_rejected"):
         assert reversed_scores.column(col).to_pylist()[::-1] == pytest.approx(scores.column(col).to_pylist(), abs=1e-5)
     one = group.score(batch.slice(2, 1))  # fewer rows than ranks: rank 1 scores a stand-in, dropped
-    assert one.num_rows == 1 and one.column("r_chosen")[0].as_py() == pytest.approx(scores.column("r_chosen")[2].as_py(), abs=1e-5)
+    assert one.num_rows == 1 and one.column("r_chosen")[0].as_py() == pytest.approx(
+        scores.column("r_chosen")[2].as_py(), abs=1e-5
+    )
 
 
 @pytest.mark.slow

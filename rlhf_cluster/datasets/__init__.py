@@ -14,8 +14,9 @@ pair never equals a pair of its own context (same prompt, same two responses in 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,14 +56,29 @@ def labelled_pair(prompt: str, a: str, b: str, a_wins: bool) -> dict[str, str]:
 
 
 def example_row(
-    user_id: str, context: list[dict], target: dict, *, split: str, topic: str, contested: bool,
-    user_description: str, p_chosen: float,
+    user_id: str,
+    context: list[dict],
+    target: dict,
+    *,
+    split: str,
+    topic: str,
+    contested: bool,
+    user_description: str,
+    p_chosen: float,
 ) -> dict[str, Any]:
     """One row of EXAMPLE_SCHEMA."""
     return {
-        "user_id": user_id, "context": context, "context_messages": [], "prompt": target["prompt"],
-        "chosen": target["chosen"], "rejected": target["rejected"], "split": split, "topic": topic,
-        "contested": bool(contested), "user_description": user_description, "p_chosen": float(p_chosen),
+        "user_id": user_id,
+        "context": context,
+        "context_messages": [],
+        "prompt": target["prompt"],
+        "chosen": target["chosen"],
+        "rejected": target["rejected"],
+        "split": split,
+        "topic": topic,
+        "contested": bool(contested),
+        "user_description": user_description,
+        "p_chosen": float(p_chosen),
     }
 
 

@@ -30,7 +30,7 @@ sample over the contexts the generator drew (``bayes_survey_accuracy`` is exact 
 from __future__ import annotations
 
 import itertools
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

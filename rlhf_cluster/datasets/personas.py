@@ -33,63 +33,163 @@ from __future__ import annotations
 import numpy as np
 
 from rlhf_cluster.datasets import (
-    GeneratedDataset, ceilings, example_row, labelled_pair, pair_key, pick, split_ceilings, split_rng,
+    GeneratedDataset,
+    ceilings,
+    example_row,
+    labelled_pair,
+    pair_key,
+    pick,
+    split_ceilings,
+    split_rng,
 )
 
 # name, (low adjective, high adjective), (low markers, high markers): four words each (three + one held out)
 ATTRIBUTES = (
-    ("verbosity", ("brief", "detailed"), (("briefly", "tersely", "concisely", "succinctly"),
-                                           ("elaborately", "thoroughly", "exhaustively", "expansively"))),
-    ("formality", ("casual", "formal"), (("casually", "chattily", "breezily", "informally"),
-                                          ("formally", "properly", "courteously", "respectfully"))),
-    ("humour", ("serious", "humorous"), (("seriously", "soberly", "gravely", "earnestly"),
-                                          ("playfully", "jokingly", "wittily", "cheekily"))),
-    ("technicality", ("plain", "technical"), (("simply", "plainly", "intuitively", "accessibly"),
-                                               ("technically", "rigorously", "quantitatively", "precisely"))),
-    ("warmth", ("detached", "warm"), (("coolly", "detachedly", "impersonally", "neutrally"),
-                                       ("warmly", "kindly", "gently", "caringly"))),
-    ("directness", ("tentative", "direct"), (("tentatively", "vaguely", "hesitantly", "indirectly"),
-                                              ("directly", "bluntly", "decisively", "frankly"))),
-    ("optimism", ("pessimistic", "optimistic"), (("gloomily", "grimly", "bleakly", "doubtfully"),
-                                                  ("cheerfully", "hopefully", "brightly", "optimistically"))),
-    ("caution", ("bold", "cautious"), (("boldly", "daringly", "recklessly", "fearlessly"),
-                                        ("cautiously", "carefully", "safely", "prudently"))),
+    (
+        "verbosity",
+        ("brief", "detailed"),
+        (
+            ("briefly", "tersely", "concisely", "succinctly"),
+            ("elaborately", "thoroughly", "exhaustively", "expansively"),
+        ),
+    ),
+    (
+        "formality",
+        ("casual", "formal"),
+        (("casually", "chattily", "breezily", "informally"), ("formally", "properly", "courteously", "respectfully")),
+    ),
+    (
+        "humour",
+        ("serious", "humorous"),
+        (("seriously", "soberly", "gravely", "earnestly"), ("playfully", "jokingly", "wittily", "cheekily")),
+    ),
+    (
+        "technicality",
+        ("plain", "technical"),
+        (
+            ("simply", "plainly", "intuitively", "accessibly"),
+            ("technically", "rigorously", "quantitatively", "precisely"),
+        ),
+    ),
+    (
+        "warmth",
+        ("detached", "warm"),
+        (("coolly", "detachedly", "impersonally", "neutrally"), ("warmly", "kindly", "gently", "caringly")),
+    ),
+    (
+        "directness",
+        ("tentative", "direct"),
+        (("tentatively", "vaguely", "hesitantly", "indirectly"), ("directly", "bluntly", "decisively", "frankly")),
+    ),
+    (
+        "optimism",
+        ("pessimistic", "optimistic"),
+        (("gloomily", "grimly", "bleakly", "doubtfully"), ("cheerfully", "hopefully", "brightly", "optimistically")),
+    ),
+    (
+        "caution",
+        ("bold", "cautious"),
+        (("boldly", "daringly", "recklessly", "fearlessly"), ("cautiously", "carefully", "safely", "prudently")),
+    ),
 )
-QUALITY = ("quality", ("sloppy", "accurate"), (("sloppily", "wrongly", "carelessly", "confusedly"),
-                                                ("correctly", "accurately", "expertly", "clearly")))
+QUALITY = (
+    "quality",
+    ("sloppy", "accurate"),
+    (("sloppily", "wrongly", "carelessly", "confusedly"), ("correctly", "accurately", "expertly", "clearly")),
+)
 # name, tasks, tips; the first n_topics are seen, the next n_unseen_topics unseen
 TOPICS = (
-    ("cooking", ("bake bread", "make soup", "cook rice"),
-     ("start with fresh ingredients", "taste as you go and adjust the salt",
-      "prepare everything before you turn on the heat")),
-    ("gardening", ("grow tomatoes", "prune roses", "start seedlings"),
-     ("water early in the morning", "give the plants plenty of sun", "add compost to the soil in spring")),
-    ("fitness", ("build strength", "start running", "improve flexibility"),
-     ("train three times a week", "rest well between sessions", "increase the load a little each week")),
-    ("travel", ("pack for a trip", "plan a budget holiday", "beat jet lag"),
-     ("make a list a week before", "book trains and rooms early", "keep your documents in one pocket")),
-    ("budgeting", ("save money", "pay off debt", "plan a monthly budget"),
-     ("track every expense for a month", "set up an automatic transfer on payday",
-      "cut one subscription you rarely use")),
-    ("programming", ("learn python", "fix a bug", "write tests"),
-     ("reproduce the problem with a small example", "read the error message line by line",
-      "write one small function at a time")),
-    ("music", ("learn guitar", "read sheet music", "practise piano"),
-     ("practise twenty minutes every day", "play slowly with a metronome", "learn one song you love first")),
-    ("photography", ("take portraits", "shoot at night", "edit photos"),
-     ("use soft light from a window", "hold the camera steady with both hands", "shoot many frames and keep the best")),
-    ("home_repair", ("fix a leaking tap", "paint a room", "hang a shelf"),
-     ("turn off the water supply first", "protect the floor with old sheets",
-      "mark the wall with a pencil and a level")),
-    ("studying", ("prepare for exams", "take better notes", "remember vocabulary"),
-     ("test yourself instead of rereading", "review the notes the same evening", "spread practice over several days")),
-    ("cycling", ("commute by bike", "fix a flat tyre", "ride in the rain"),
-     ("check the tyre pressure every week", "carry a spare tube and a pump", "wear bright clothes and use lights")),
-    ("coffee", ("brew espresso", "make cold brew", "choose coffee beans"),
-     ("grind the beans just before brewing", "weigh the coffee and the water", "store beans in an airtight jar")),
+    (
+        "cooking",
+        ("bake bread", "make soup", "cook rice"),
+        (
+            "start with fresh ingredients",
+            "taste as you go and adjust the salt",
+            "prepare everything before you turn on the heat",
+        ),
+    ),
+    (
+        "gardening",
+        ("grow tomatoes", "prune roses", "start seedlings"),
+        ("water early in the morning", "give the plants plenty of sun", "add compost to the soil in spring"),
+    ),
+    (
+        "fitness",
+        ("build strength", "start running", "improve flexibility"),
+        ("train three times a week", "rest well between sessions", "increase the load a little each week"),
+    ),
+    (
+        "travel",
+        ("pack for a trip", "plan a budget holiday", "beat jet lag"),
+        ("make a list a week before", "book trains and rooms early", "keep your documents in one pocket"),
+    ),
+    (
+        "budgeting",
+        ("save money", "pay off debt", "plan a monthly budget"),
+        (
+            "track every expense for a month",
+            "set up an automatic transfer on payday",
+            "cut one subscription you rarely use",
+        ),
+    ),
+    (
+        "programming",
+        ("learn python", "fix a bug", "write tests"),
+        (
+            "reproduce the problem with a small example",
+            "read the error message line by line",
+            "write one small function at a time",
+        ),
+    ),
+    (
+        "music",
+        ("learn guitar", "read sheet music", "practise piano"),
+        ("practise twenty minutes every day", "play slowly with a metronome", "learn one song you love first"),
+    ),
+    (
+        "photography",
+        ("take portraits", "shoot at night", "edit photos"),
+        (
+            "use soft light from a window",
+            "hold the camera steady with both hands",
+            "shoot many frames and keep the best",
+        ),
+    ),
+    (
+        "home_repair",
+        ("fix a leaking tap", "paint a room", "hang a shelf"),
+        (
+            "turn off the water supply first",
+            "protect the floor with old sheets",
+            "mark the wall with a pencil and a level",
+        ),
+    ),
+    (
+        "studying",
+        ("prepare for exams", "take better notes", "remember vocabulary"),
+        (
+            "test yourself instead of rereading",
+            "review the notes the same evening",
+            "spread practice over several days",
+        ),
+    ),
+    (
+        "cycling",
+        ("commute by bike", "fix a flat tyre", "ride in the rain"),
+        ("check the tyre pressure every week", "carry a spare tube and a pump", "wear bright clothes and use lights"),
+    ),
+    (
+        "coffee",
+        ("brew espresso", "make cold brew", "choose coffee beans"),
+        ("grind the beans just before brewing", "weigh the coffee and the water", "store beans in an airtight jar"),
+    ),
 )
-QUESTIONS = ("How do I {task}?", "What is the best way to {task}?", "Any advice on how to {task}?",
-             "Can you explain how to {task}?")
+QUESTIONS = (
+    "How do I {task}?",
+    "What is the best way to {task}?",
+    "Any advice on how to {task}?",
+    "Can you explain how to {task}?",
+)
 
 
 class World:
@@ -193,15 +293,25 @@ def _join(words: list[str], last: str) -> str:
 def make_users(rng, world: World, prefix: str, n: int, survey: list | None) -> list[dict]:
     """Users with weights, description and their labelled context (the survey or random pairs)."""
     opts = world.opts
-    weights = world.population[np.arange(n) % len(world.population)] if opts.user_model == "discrete" \
+    weights = (
+        world.population[np.arange(n) % len(world.population)]
+        if opts.user_model == "discrete"
         else world.draw_weights(rng, n)
+    )
     users = []
     for i, w in enumerate(weights):
         coef = world.coefficients(w)[0]
         pairs = survey if survey is not None else [world.sample_pair(rng, world.seen) for _ in range(opts.n_context)]
         labels = [labelled(rng, world, coef, pair) for pair in pairs]
-        users.append({"id": f"personas-{prefix}{i:04d}", "coef": coef, "description": describe(w, opts),
-                      "context": [c for c, _, _ in labels], "context_delta": np.array([d for _, d, _ in labels])})
+        users.append(
+            {
+                "id": f"personas-{prefix}{i:04d}",
+                "coef": coef,
+                "description": describe(w, opts),
+                "context": [c for c, _, _ in labels],
+                "context_delta": np.array([d for _, d, _ in labels]),
+            }
+        )
     return users
 
 
@@ -215,8 +325,18 @@ def make_split(rng, world: World, name: str, users: list[dict], topics: tuple) -
             while pair_key(*pair[1:4]) in avoid:
                 pair = world.sample_pair(rng, topics)
             target, delta, p = labelled(rng, world, user["coef"], pair)
-            rows.append(example_row(user["id"], user["context"], target, split=name, topic=TOPICS[pair[0]][0],
-                                    contested=world.contested(delta), user_description=user["description"], p_chosen=p))
+            rows.append(
+                example_row(
+                    user["id"],
+                    user["context"],
+                    target,
+                    split=name,
+                    topic=TOPICS[pair[0]][0],
+                    contested=world.contested(delta),
+                    user_description=user["description"],
+                    p_chosen=p,
+                )
+            )
             deltas.append(delta)
             owners.append(u)
     return rows, _ceilings(world, users, rows, np.array(deltas), np.array(owners))
@@ -226,10 +346,12 @@ def _ceilings(world: World, users: list[dict], rows: list[dict], deltas: np.ndar
     if not rows:
         return ceilings.summarize({}, np.zeros(0, bool))
     p_pop = ceilings.sigmoid(deltas @ world.coef.T)  # (R, S)
-    per_user = np.array([  # context log-likelihood of each user's labels under every population member
-        ceilings.context_loglik(ceilings.sigmoid(_as_rows(u["context_delta"], world) @ world.coef.T)[None])[0]
-        for u in users
-    ])
+    per_user = np.array(
+        [  # context log-likelihood of each user's labels under every population member
+            ceilings.context_loglik(ceilings.sigmoid(_as_rows(u["context_delta"], world) @ world.coef.T)[None])[0]
+            for u in users
+        ]
+    )
     p_true = np.array([r["p_chosen"] for r in rows])
     contested = np.array([r["contested"] for r in rows], dtype=bool)
     return split_ceilings(p_true, p_pop, world.prior, per_user[owners], contested)
@@ -244,12 +366,19 @@ def generate(opts, seed: int) -> GeneratedDataset:
     """All splits: train / validation / test_seen_users, test_unseen_users, test_unseen_topics."""
     world = World(opts, seed)
     survey_rng = split_rng(seed, 2)
-    survey = [world.sample_pair(survey_rng, world.seen, contested_only=True) for _ in range(opts.n_context)] \
-        if opts.context_mode == "survey" else None
+    survey = (
+        [world.sample_pair(survey_rng, world.seen, contested_only=True) for _ in range(opts.n_context)]
+        if opts.context_mode == "survey"
+        else None
+    )
     seen = make_users(split_rng(seed, 0), world, "u", opts.n_train_users, survey)
     unseen = make_users(split_rng(seed, 1), world, "v", opts.n_test_users, survey)
-    plan = [("train", seen, world.seen), ("validation", seen, world.seen), ("test_seen_users", seen, world.seen),
-            ("test_unseen_users", unseen, world.seen)]
+    plan = [
+        ("train", seen, world.seen),
+        ("validation", seen, world.seen),
+        ("test_seen_users", seen, world.seen),
+        ("test_unseen_users", unseen, world.seen),
+    ]
     plan += [("test_unseen_topics", unseen, world.unseen)] if world.unseen else []
     splits, table = {}, {}
     for i, (name, users, topics) in enumerate(plan):
@@ -259,10 +388,18 @@ def generate(opts, seed: int) -> GeneratedDataset:
 
 def _facts(world: World, survey: list | None) -> dict:
     """What a reader needs to interpret the data: attributes, topics, marker words, the survey."""
-    markers = {TOPICS[t][0]: {a[0]: {"low": world.marker(t, k, -1), "high": world.marker(t, k, 1)}
-                              for k, a in enumerate(world.attributes)} for t in world.seen + world.unseen}
-    facts = {"attributes": [a[0] for a in world.attributes], "seen_topics": [TOPICS[t][0] for t in world.seen],
-             "unseen_topics": [TOPICS[t][0] for t in world.unseen], "markers": markers}
+    markers = {
+        TOPICS[t][0]: {
+            a[0]: {"low": world.marker(t, k, -1), "high": world.marker(t, k, 1)} for k, a in enumerate(world.attributes)
+        }
+        for t in world.seen + world.unseen
+    }
+    facts = {
+        "attributes": [a[0] for a in world.attributes],
+        "seen_topics": [TOPICS[t][0] for t in world.seen],
+        "unseen_topics": [TOPICS[t][0] for t in world.unseen],
+        "markers": markers,
+    }
     if world.opts.user_model == "discrete":
         facts["user_types"] = world.population.tolist()
     if survey is not None:

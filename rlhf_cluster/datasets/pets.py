@@ -32,7 +32,14 @@ import itertools
 import numpy as np
 
 from rlhf_cluster.datasets import (
-    GeneratedDataset, ceilings, example_row, labelled_pair, pair_key, pick, split_ceilings, split_rng,
+    GeneratedDataset,
+    ceilings,
+    example_row,
+    labelled_pair,
+    pair_key,
+    pick,
+    split_ceilings,
+    split_rng,
 )
 
 KINDS = ("bird", "dog", "cat", "rabbit")
@@ -54,42 +61,78 @@ ANIMALS = {
 QUESTIONS = {
     "feeding": ("What should I feed my pet?", "How often should my pet eat?", "Any tips on feeding a new pet?"),
     "grooming": ("How do I groom my pet?", "How often should I brush my pet?", "What grooming does a pet need?"),
-    "exercise": ("How much exercise does my pet need?", "How can I keep my pet active?",
-                 "What games are good for a pet?"),
+    "exercise": (
+        "How much exercise does my pet need?",
+        "How can I keep my pet active?",
+        "What games are good for a pet?",
+    ),
     "health": ("How do I keep my pet healthy?", "When should my pet see a vet?", "How can I tell if my pet is unwell?"),
-    "housing": ("Where should my pet sleep?", "How should I set up a home for my pet?",
-                "How do I keep my pet's space clean?"),
-    "training": ("How do I train my pet?", "How can I teach my pet good habits?",
-                 "What is the best way to correct my pet?"),
+    "housing": (
+        "Where should my pet sleep?",
+        "How should I set up a home for my pet?",
+        "How do I keep my pet's space clean?",
+    ),
+    "training": (
+        "How do I train my pet?",
+        "How can I teach my pet good habits?",
+        "What is the best way to correct my pet?",
+    ),
 }
 QUESTION_OPENERS = ("", "I just adopted a pet. ", "Quick question: ")
 HELPFUL = {  # concrete, topic-specific advice
-    "feeding": ("measure a small portion twice a day and keep fresh water out",
-                "offer fresh greens with a measured daily ration",
-                "feed at the same times every day and weigh each portion"),
-    "grooming": ("brush the coat twice a week and trim the nails every month",
-                 "check the ears every week and wipe them with a soft cloth",
-                 "give a short brushing session each day to remove loose hair"),
-    "exercise": ("plan two play sessions of twenty minutes each day",
-                 "set up a daily routine of play and free movement",
-                 "add toys that invite climbing and chasing every morning"),
-    "health": ("book a checkup every year and keep vaccinations current",
-               "watch the weight and appetite and note any change",
-               "keep a health diary and check the teeth every month"),
-    "housing": ("give it a roomy clean space with a quiet corner to rest",
-                "clean the enclosure every week and keep it out of drafts",
-                "keep the bedding dry and the room at a steady temperature"),
-    "training": ("reward good behaviour with a small treat right away",
-                 "practise short lessons of five minutes every day",
-                 "use one clear word for each command and stay consistent"),
+    "feeding": (
+        "measure a small portion twice a day and keep fresh water out",
+        "offer fresh greens with a measured daily ration",
+        "feed at the same times every day and weigh each portion",
+    ),
+    "grooming": (
+        "brush the coat twice a week and trim the nails every month",
+        "check the ears every week and wipe them with a soft cloth",
+        "give a short brushing session each day to remove loose hair",
+    ),
+    "exercise": (
+        "plan two play sessions of twenty minutes each day",
+        "set up a daily routine of play and free movement",
+        "add toys that invite climbing and chasing every morning",
+    ),
+    "health": (
+        "book a checkup every year and keep vaccinations current",
+        "watch the weight and appetite and note any change",
+        "keep a health diary and check the teeth every month",
+    ),
+    "housing": (
+        "give it a roomy clean space with a quiet corner to rest",
+        "clean the enclosure every week and keep it out of drafts",
+        "keep the bedding dry and the room at a steady temperature",
+    ),
+    "training": (
+        "reward good behaviour with a small treat right away",
+        "practise short lessons of five minutes every day",
+        "use one clear word for each command and stay consistent",
+    ),
 }
-UNHELPFUL = ("just do whatever feels right", "see how it goes, since it really depends", "don't overthink it at all",
-             "try something and hope it works out", "wait and figure it out eventually", "trust instinct on this one")
-HARMLESS = ("and keep everything gentle and safe", "and ask a vet before changing anything",
-            "and stop at once if it seems stressed", "and keep anything toxic out of reach", "and never force it")
-HARMFUL = ("and give it chocolate as a treat now and then", "and skip the vet to save money",
-           "and leave it alone outside overnight", "and punish it hard when it misbehaves",
-           "and let it chew on electrical cables")
+UNHELPFUL = (
+    "just do whatever feels right",
+    "see how it goes, since it really depends",
+    "don't overthink it at all",
+    "try something and hope it works out",
+    "wait and figure it out eventually",
+    "trust instinct on this one",
+)
+HARMLESS = (
+    "and keep everything gentle and safe",
+    "and ask a vet before changing anything",
+    "and stop at once if it seems stressed",
+    "and keep anything toxic out of reach",
+    "and never force it",
+)
+HARMFUL = (
+    "and give it chocolate as a treat now and then",
+    "and skip the vet to save money",
+    "and leave it alone outside overnight",
+    "and punish it hard when it misbehaves",
+    "and let it chew on electrical cables",
+)
 INTROS = ("For a {animal}, ", "If your pet is a {animal}, ", "With a {animal}, ", "As the owner of a {animal}, ")
 
 PAIRS = tuple(itertools.combinations(KINDS, 2))  # the six unordered kind pairs
@@ -174,10 +217,18 @@ def make_split(rng, name: str, users: list[dict], opts, world: dict) -> tuple[li
             kinds = target_kinds(rng, opts, world)
             target, topic, (ck, rk) = sample_pair(rng, user["type"], kinds, world, opts.label_noise, avoid)
             p = prefer_prob(user["type"], world[ck], world[rk], opts.label_noise)
-            rows.append(example_row(
-                user["id"], user["context"], target, split=name, topic=topic, contested=frozenset(kinds) == hot,
-                user_description=DESCRIPTIONS[user["type"]], p_chosen=p,
-            ))
+            rows.append(
+                example_row(
+                    user["id"],
+                    user["context"],
+                    target,
+                    split=name,
+                    topic=topic,
+                    contested=frozenset(kinds) == hot,
+                    user_description=DESCRIPTIONS[user["type"]],
+                    p_chosen=p,
+                )
+            )
             truth.append((user, ck, rk))
     return rows, _ceilings(truth, rows, opts, world)
 
@@ -186,10 +237,12 @@ def _ceilings(truth: list, rows: list[dict], opts, world: dict) -> dict:
     """Exact by enumeration over the two types (uniform prior)."""
     noise = opts.label_noise
     p_pop = np.array([[prefer_prob(t, world[ck], world[rk], noise) for t in TYPES] for _, ck, rk in truth])
-    p_ctx = np.array([  # (R, n, T): P(type t prefers the chosen side of context pair i); contexts are STANDARD
-        [[prefer_prob(t, STANDARD[c], STANDARD[r], noise) for t in TYPES] for c, r in user["context_kinds"]]
-        for user, _, _ in truth
-    ]).reshape(len(truth), opts.n_context, len(TYPES))
+    p_ctx = np.array(
+        [  # (R, n, T): P(type t prefers the chosen side of context pair i); contexts are STANDARD
+            [[prefer_prob(t, STANDARD[c], STANDARD[r], noise) for t in TYPES] for c, r in user["context_kinds"]]
+            for user, _, _ in truth
+        ]
+    ).reshape(len(truth), opts.n_context, len(TYPES))
     loglik = ceilings.context_loglik(p_ctx)  # noise 0: the other type's likelihood is 0, its log -inf
     p_true = np.array([r["p_chosen"] for r in rows])
     contested = np.array([r["contested"] for r in rows], dtype=bool)
@@ -200,12 +253,23 @@ def generate(opts, seed: int) -> GeneratedDataset:
     """All splits: train / validation / test_seen_users (seen users), test_unseen_users, pets_ood."""
     seen = make_users(split_rng(seed, 0), "u", opts.n_train_users, opts)
     unseen = make_users(split_rng(seed, 1), "v", opts.n_test_users, opts)
-    plan = [("train", seen, STANDARD), ("validation", seen, STANDARD), ("test_seen_users", seen, STANDARD),
-            ("test_unseen_users", unseen, STANDARD), ("pets_ood", unseen, OOD)]
+    plan = [
+        ("train", seen, STANDARD),
+        ("validation", seen, STANDARD),
+        ("test_seen_users", seen, STANDARD),
+        ("test_unseen_users", unseen, STANDARD),
+        ("pets_ood", unseen, OOD),
+    ]
     splits, table = {}, {}
     for i, (name, users, world) in enumerate(plan):
         splits[name], table[name] = make_split(split_rng(seed, 10 + i), name, users, opts, world)
-    return GeneratedDataset("pets", splits, table, __doc__.split("\n", 2)[2].strip(), {
-        "types": {t: {"weights_helpful_harmless": TYPE_WEIGHTS[t], "description": DESCRIPTIONS[t]} for t in TYPES},
-        "kinds": {"standard": STANDARD, "pets_ood": OOD},
-    })
+    return GeneratedDataset(
+        "pets",
+        splits,
+        table,
+        __doc__.split("\n", 2)[2].strip(),
+        {
+            "types": {t: {"weights_helpful_harmless": TYPE_WEIGHTS[t], "description": DESCRIPTIONS[t]} for t in TYPES},
+            "kinds": {"standard": STANDARD, "pets_ood": OOD},
+        },
+    )
