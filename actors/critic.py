@@ -16,10 +16,10 @@ import pyarrow as pa
 import ray
 import torch
 
-from rlhf_cluster.config import ActorResources, DeepSpeedConfig, PolicyTrainConfig
+from rlhf_cluster.config import PolicyTrainConfig
 from rlhf_cluster.distributed import DeepSpeedRank
 from rlhf_cluster.losses import value_loss
-from rlhf_cluster.models import load_tokenizer, load_value_model
+from rlhf_cluster.models import load_value_model
 from rlhf_cluster.sequences import (
     SummaryBatch,
     check_critic_batch,
@@ -29,7 +29,7 @@ from rlhf_cluster.sequences import (
     values_table,
 )
 from rlhf_cluster.tensors import pad_list_column
-from rlhf_cluster.worker_group import DeepSpeedGroupHandle, combine_metrics, split_even
+from rlhf_cluster.worker_group import DeepSpeedGroupHandle
 
 
 class _SummaryValues(torch.nn.Module):
@@ -45,33 +45,13 @@ class _SummaryValues(torch.nn.Module):
 
 @ray.remote
 class CriticRank(DeepSpeedRank):
-    def __init__(
-        self,
-        rank: int,
-        world_size: int,
-        master_addr: str,
-        master_port: int,
-        *,
-        model_path: str,
-        train: PolicyTrainConfig,
-        ds: DeepSpeedConfig,
-        seed: int,
-        global_batch_size: int,
-        dtype: str = "float32",
-    ):
-        t0 = time.perf_counter()
-        self._init_distributed(rank, world_size, master_addr, master_port, ds)
-        self.cfg, self.seed, self.global_batch_size, self.dtype = train, seed, global_batch_size, dtype
-        self.tokenizer = load_tokenizer(model_path)
-        self._build(model_path)
-        self.startup_s = time.perf_counter() - t0
+    init_seed_offset = 1  # the head's init: same on every rank, not the RM head's draw
 
-    def _build(self, path: str) -> None:
-        torch.manual_seed(self.seed + 1)  # the head's init: same on every rank, not the RM head's draw
-        self._build_engine(
-            _SummaryValues(load_value_model(path, dtype=self.dtype)), self.cfg.critic_optim, self.global_batch_size
-        )
-        self.engine.eval()  # no dropout: values of the same tokens must not depend on the call
+    def _module(self, path: str) -> torch.nn.Module:
+        return _SummaryValues(load_value_model(path, dtype=self.dtype))
+
+    def _optim(self):
+        return self.cfg.critic_optim
 
     def _forward(self, batch: pa.Table) -> tuple[SummaryBatch, torch.Tensor]:
         enc = encode_summaries(
@@ -87,9 +67,7 @@ class CriticRank(DeepSpeedRank):
         old, _ = pad_list_column(batch.column("values"), 0.0, side="right", name="values")
         ret, _ = pad_list_column(batch.column("returns"), 0.0, side="right", name="returns")
         mask = enc.summary_mask
-        n_global = mask.sum().detach().float().clone()
-        if self.world_size > 1:
-            torch.distributed.all_reduce(n_global)
+        n_global = self._global_sum(mask.sum())
         loss, stats = value_loss(
             values,
             old.to(self.device),
@@ -118,51 +96,22 @@ class CriticRank(DeepSpeedRank):
         enc, values = self._forward(batch)
         return values_table(values, enc.summary_mask)
 
-    def save(self, path: str) -> str:
-        """Rank 0 writes the HF token-classifier checkpoint (every rank must call: ZeRO-3 gathers)."""
-        return self._save_hf(path, self.engine.module.model, self.tokenizer)
-
-    def load(self, path: str) -> None:
-        """Weights of the HF checkpoint at ``path`` in a fresh engine (optimizer state restarts)."""
-        self._build(path)
-
 
 class CriticGroup(DeepSpeedGroupHandle):
-    """The driver's handle on ``ds.num_ranks`` CriticRank actors (PPO's critic).
+    """The driver's handle on ``ds.num_ranks`` CriticRank actors (PPO's critic); the global batch defaults
+    to ``train.minibatch_size`` summaries."""
 
-    ``global_batch_size`` (default ``train.minibatch_size``) is the summaries per optimizer step over all ranks.
-    """
+    rank_cls, role = CriticRank, "critic"
 
-    def __init__(
-        self,
-        model_path: str,
-        train: PolicyTrainConfig,
-        ds: DeepSpeedConfig,
-        resources: ActorResources,
-        seed: int = 0,
-        global_batch_size: int | None = None,
-        dtype: str = "float32",
-    ):
-        self.cfg, self.ds = train, ds
-        super().__init__(
-            CriticRank,
-            ds.num_ranks,
-            resources,
-            name="critic",
-            model_path=str(model_path),
-            train=train,
-            ds=ds,
-            seed=seed,
-            global_batch_size=global_batch_size or train.minibatch_size,
-            dtype=dtype,
-        )
+    @staticmethod
+    def default_batch_size(train: PolicyTrainConfig) -> int:
+        return train.minibatch_size
 
     def train_step(self, batch: pa.Table) -> dict:
         """One optimizer step on the global batch (CRITIC_BATCH_SCHEMA): loss, grad_norm, lr, value_clip_frac,
         explained_variance (rank means), n_sequences, n_tokens (summed), seconds (slowest rank)."""
         check_critic_batch(batch, "CriticGroup.train_step")
-        shards = split_even(batch, len(self.ranks), "CriticGroup.train_step")
-        return combine_metrics(self.group.gather([w.train_step.remote(s) for w, s in zip(self.ranks, shards)]))
+        return self._train_step(batch, "CriticGroup.train_step")
 
     def values(self, batch: pa.Table) -> pa.Table:
         """TOKEN_VALUES_SCHEMA rows in the input order."""

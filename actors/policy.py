@@ -14,17 +14,16 @@ The KL penalty to the frozen reference is not in this loss: the driver puts it i
 
 from __future__ import annotations
 
-import io
 import time
 
 import pyarrow as pa
 import ray
 import torch
 
-from rlhf_cluster.config import ActorResources, DeepSpeedConfig, PolicyTrainConfig
+from rlhf_cluster.config import PolicyTrainConfig
 from rlhf_cluster.distributed import DeepSpeedRank
 from rlhf_cluster.losses import masked_mean, ppo_policy_loss
-from rlhf_cluster.models import load_causal_lm, load_tokenizer
+from rlhf_cluster.models import load_causal_lm
 from rlhf_cluster.sequences import (
     SummaryBatch,
     check_policy_batch,
@@ -34,7 +33,7 @@ from rlhf_cluster.sequences import (
     summary_token_logprobs,
 )
 from rlhf_cluster.tensors import pad_list_column
-from rlhf_cluster.worker_group import DeepSpeedGroupHandle, combine_metrics, split_even
+from rlhf_cluster.worker_group import DeepSpeedGroupHandle
 
 
 class _SummaryLogprobs(torch.nn.Module):
@@ -51,40 +50,10 @@ class _SummaryLogprobs(torch.nn.Module):
 
 @ray.remote
 class PolicyRank(DeepSpeedRank):
-    def __init__(
-        self,
-        rank: int,
-        world_size: int,
-        master_addr: str,
-        master_port: int,
-        *,
-        model_path: str,
-        train: PolicyTrainConfig,
-        ds: DeepSpeedConfig,
-        seed: int,
-        global_batch_size: int,
-        dtype: str = "float32",
-    ):
-        t0 = time.perf_counter()
-        self._init_distributed(rank, world_size, master_addr, master_port, ds)
-        self.cfg, self.seed, self.global_batch_size, self.dtype = train, seed, global_batch_size, dtype
-        self.tokenizer = load_tokenizer(model_path)
-        self._build(model_path)
-        self.startup_s = time.perf_counter() - t0
-
-    def _build(self, path: str) -> None:
-        torch.manual_seed(self.seed)
-        self._build_engine(
-            _SummaryLogprobs(load_causal_lm(path, dtype=self.dtype)), self.cfg.optim, self.global_batch_size
-        )
-        # Eval mode throughout (no dropout): the ratio's denominator comes from a dropout-free sampler,
+    def _module(self, path: str) -> torch.nn.Module:
+        # Eval mode throughout (eval_mode): the ratio's denominator comes from a dropout-free sampler,
         # so a dropout-noisy numerator would make ρ ≠ 1 on-policy.
-        self.engine.eval()
-
-    @property
-    def hf_model(self) -> torch.nn.Module:
-        """The HF causal LM inside the engine (HF parameter names)."""
-        return self.engine.module.model
+        return _SummaryLogprobs(load_causal_lm(path, dtype=self.dtype))
 
     def _forward(self, batch: pa.Table, with_entropy: bool) -> tuple[SummaryBatch, torch.Tensor, torch.Tensor | None]:
         enc = encode_summaries(
@@ -92,12 +61,6 @@ class PolicyRank(DeepSpeedRank):
         ).to(self.device)
         logprobs, entropy = self.engine(**enc.model_inputs(), with_entropy=with_entropy)
         return enc, logprobs, entropy
-
-    def _global_sum(self, value: torch.Tensor) -> torch.Tensor:
-        total = value.detach().float().to(self.device).clone()
-        if self.world_size > 1:
-            torch.distributed.all_reduce(total)
-        return total
 
     def train_step(self, batch: pa.Table) -> dict:
         """One optimizer step on this rank's shard of the global batch (all ranks step together).
@@ -138,76 +101,25 @@ class PolicyRank(DeepSpeedRank):
         enc, logprobs, _ = self._forward(batch, with_entropy=False)
         return logprobs_table(logprobs, enc.summary_mask)
 
-    def state_dict_bytes(self) -> bytes:
-        """Rank 0: the full state dict, HF parameter names, ``torch.save`` bytes (for the rollout engine's
-        weight sync); other ranks: b"". Every rank must call (ZeRO-3 gathers). Tied parameters are
-        stored once (they share a storage in the saved dict)."""
-        with self._full_params():
-            if self.rank != 0:
-                return b""
-            copies: dict[tuple, torch.Tensor] = {}
-            state = {}
-            for name, tensor in self.hf_model.state_dict().items():
-                key = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
-                # A copy, not a view: a view into DeepSpeed's flat buffers would save the whole buffer.
-                state[name] = copies.setdefault(key, tensor.detach().to("cpu", copy=True))
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        return buffer.getvalue()
-
-    def save(self, path: str) -> str:
-        """Rank 0 writes the HF checkpoint (every rank must call: ZeRO-3 gathers); refuses non-finite weights."""
-        return self._save_hf(path, self.hf_model, self.tokenizer)
-
-    def load(self, path: str) -> None:
-        """Weights of the HF checkpoint at ``path`` in a fresh engine (optimizer state and LR warmup restart)."""
-        self._build(path)
-
 
 class PolicyGroup(DeepSpeedGroupHandle):
-    """The driver's handle on ``ds.num_ranks`` PolicyRank actors training one summarizer.
+    """The driver's handle on ``ds.num_ranks`` PolicyRank actors training one summarizer; the global batch
+    defaults to ``train.minibatch_size`` summaries."""
 
-    ``global_batch_size`` (default ``train.minibatch_size``) is the summaries per optimizer step over all
-    ranks; each rank takes an equal contiguous slice of every train batch.
-    """
+    rank_cls, role = PolicyRank, "policy"
 
-    def __init__(
-        self,
-        model_path: str,
-        train: PolicyTrainConfig,
-        ds: DeepSpeedConfig,
-        resources: ActorResources,
-        seed: int = 0,
-        global_batch_size: int | None = None,
-        dtype: str = "float32",
-    ):
-        self.cfg, self.ds = train, ds
-        super().__init__(
-            PolicyRank,
-            ds.num_ranks,
-            resources,
-            name="policy",
-            model_path=str(model_path),
-            train=train,
-            ds=ds,
-            seed=seed,
-            global_batch_size=global_batch_size or train.minibatch_size,
-            dtype=dtype,
-        )
+    @staticmethod
+    def default_batch_size(train: PolicyTrainConfig) -> int:
+        return train.minibatch_size
 
     def train_step(self, batch: pa.Table) -> dict:
         """One optimizer step on the global batch (POLICY_BATCH_SCHEMA). Returns loss (global token mean),
         grad_norm, lr, clip_frac, approx_kl, ratio_mean, entropy (means of the ranks' shard means),
         n_sequences, n_tokens (summed) and seconds (slowest rank)."""
         check_policy_batch(batch, "PolicyGroup.train_step")
-        shards = split_even(batch, len(self.ranks), "PolicyGroup.train_step")
-        return combine_metrics(self.group.gather([w.train_step.remote(s) for w, s in zip(self.ranks, shards)]))
+        return self._train_step(batch, "PolicyGroup.train_step")
 
     def logprobs(self, batch: pa.Table) -> pa.Table:
         """TOKEN_LOGPROBS_SCHEMA rows in the input order, for any table with prompt/summary token columns."""
         check_token_columns(batch, "PolicyGroup.logprobs")
         return self.group.map_rows(batch, lambda rank, shard: rank.logprobs.remote(shard))
-
-    def state_dict_bytes(self) -> bytes:
-        """The full state dict as ``torch.save`` bytes in HF parameter naming (from rank 0)."""
-        return self.group.gather([w.state_dict_bytes.remote() for w in self.ranks])[0]

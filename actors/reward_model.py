@@ -18,13 +18,13 @@ import pyarrow as pa
 import ray
 import torch
 
-from rlhf_cluster.config import ActorResources, DeepSpeedConfig, RewardTrainConfig
+from rlhf_cluster.config import RewardTrainConfig
 from rlhf_cluster.distributed import DeepSpeedRank
 from rlhf_cluster.losses import bradley_terry_loss, pairwise_accuracy
-from rlhf_cluster.models import load_reward_model, load_tokenizer
+from rlhf_cluster.models import load_reward_model
 from rlhf_cluster.reward_model import EncodedPairs, encode_pairs, sequence_rewards
 from rlhf_cluster.schema import REWARD_PAIR_SCHEMA, REWARD_SCORE_SCHEMA, check_batch
-from rlhf_cluster.worker_group import DeepSpeedGroupHandle, combine_metrics, split_even
+from rlhf_cluster.worker_group import DeepSpeedGroupHandle
 
 
 class _LastTokenReward(torch.nn.Module):
@@ -44,35 +44,16 @@ class _LastTokenReward(torch.nn.Module):
 
 @ray.remote
 class RewardModelRank(DeepSpeedRank):
-    def __init__(
-        self,
-        rank: int,
-        world_size: int,
-        master_addr: str,
-        master_port: int,
-        *,
-        model_path: str,
-        rm: RewardTrainConfig,
-        ds: DeepSpeedConfig,
-        seed: int,
-        global_batch_size: int,
-    ):
-        t0 = time.perf_counter()
-        self._init_distributed(rank, world_size, master_addr, master_port, ds)
-        self.rm, self.seed, self.global_batch_size = rm, seed, global_batch_size
-        self.tokenizer = load_tokenizer(model_path, padding_side="right")
-        self._build(model_path)
-        self.startup_s = time.perf_counter() - t0
+    padding_side = "right"  # real tokens keep their unpadded position ids (rlhf_cluster.reward_model)
+    eval_mode = False  # train_step trains in train mode, score scores in eval mode
 
-    def _build(self, path: str) -> None:
+    def _module(self, path: str) -> torch.nn.Module:
         # The same seed on every rank and at every world size: a fresh score head starts identical.
-        torch.manual_seed(self.seed)
-        model = load_reward_model(path, pad_token_id=self.tokenizer.pad_token_id)
-        self._build_engine(_LastTokenReward(model), self.rm.optim, self.global_batch_size)
+        return _LastTokenReward(load_reward_model(path, pad_token_id=self.tokenizer.pad_token_id))
 
     def _encode(self, batch: pa.Table, where: str) -> EncodedPairs:
         check_batch(batch, REWARD_PAIR_SCHEMA, where)
-        return encode_pairs(self.tokenizer, batch, self.rm.max_length, self.rm.truncation_side)
+        return encode_pairs(self.tokenizer, batch, self.cfg.max_length, self.cfg.truncation_side)
 
     def _rewards(self, enc: EncodedPairs) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.engine(enc.input_ids.to(self.device), enc.attention_mask.to(self.device))
@@ -104,52 +85,22 @@ class RewardModelRank(DeepSpeedRank):
             schema=REWARD_SCORE_SCHEMA,
         )
 
-    def save(self, path: str) -> str:
-        """Rank 0 writes the HF checkpoint (every rank must call: ZeRO-3 gathers); refuses non-finite weights."""
-        return self._save_hf(path, self.engine.module.model, self.tokenizer)
-
-    def load(self, path: str) -> None:
-        """Weights of the HF checkpoint at ``path`` on this rank, in a fresh engine: the optimizer state
-        and LR warmup start over (an HF checkpoint holds neither)."""
-        self._build(path)
-
 
 class RewardModelGroup(DeepSpeedGroupHandle):
-    """The driver's handle on ``ds.num_ranks`` RewardModelRank actors training one reward model.
+    """The driver's handle on ``ds.num_ranks`` RewardModelRank actors training one reward model
+    (``train``: a RewardTrainConfig); the global batch defaults to ``rm.batch_size`` pairs."""
 
-    ``global_batch_size`` (default ``rm.batch_size``) is the pairs per optimizer step over all ranks;
-    each rank takes an equal contiguous slice of every batch.
-    """
+    rank_cls, role = RewardModelRank, "reward-model"
 
-    def __init__(
-        self,
-        model_path: str,
-        rm: RewardTrainConfig,
-        ds: DeepSpeedConfig,
-        resources: ActorResources,
-        seed: int = 0,
-        global_batch_size: int | None = None,
-    ):
-        self.rm, self.ds = rm, ds
-        super().__init__(
-            RewardModelRank,
-            ds.num_ranks,
-            resources,
-            name="reward-model",
-            model_path=str(model_path),
-            rm=rm,
-            ds=ds,
-            seed=seed,
-            global_batch_size=global_batch_size or rm.batch_size,
-        )
+    @staticmethod
+    def default_batch_size(train: RewardTrainConfig) -> int:
+        return train.batch_size
 
     def train_step(self, batch: pa.Table) -> dict:
         """One optimizer step on the global batch. Returns loss (global mean), accuracy, grad_norm, lr,
         n_pairs, n_truncated (summed over ranks) and seconds (slowest rank)."""
         check_batch(batch, REWARD_PAIR_SCHEMA, "RewardModelGroup.train_step")
-        shards = split_even(batch, len(self.ranks), "RewardModelGroup.train_step")
-        metrics = self.group.gather([w.train_step.remote(s) for w, s in zip(self.ranks, shards)])
-        return combine_metrics(metrics)
+        return self._train_step(batch, "RewardModelGroup.train_step")
 
     def score(self, batch: pa.Table) -> pa.Table:
         """REWARD_SCORE_SCHEMA rows in the input order; any number of rows ≥ 1."""

@@ -45,6 +45,8 @@ class RolloutActor:
 
     def update_weights(self, blob: bytes, version: int) -> dict:
         """Load the trainer's weights (``state_dict_to_bytes`` blob) as ``version``; returns timings.
+        The driver passes policy rank 0's object reference (``PolicyGroup.state_dict_ref``): Ray resolves
+        it here, so the bytes come from the object store and never through the driver.
 
         A lower version than the current one is refused: it would mean an out-of-order or replayed
         sync silently rolling the policy back. The same version again is allowed (a retried sync).
@@ -73,8 +75,9 @@ class RolloutActor:
             raise ValueError(f"score_tokens: {len(prompts)} prompts but {len(continuations)} continuations")
         return self.engine.score(prompts, continuations)
 
-    def generate(self, requests: pa.Table, min_weight_version: int | None = None) -> pa.Table:
-        """Sample ``cfg.n_samples`` summaries per request row.
+    def generate(self, requests: pa.Table, min_weight_version: int | None = None, greedy: bool = False) -> pa.Table:
+        """Sample ``cfg.n_samples`` summaries per request row; ``greedy``: one argmax summary per row
+        (validation runs through the same engine: vLLM takes sampling settings per request).
 
         ``min_weight_version``: the trainer's current version; sampling with weights more than
         ``cfg.max_weight_staleness`` versions behind it raises instead of returning stale rollouts.
@@ -87,7 +90,7 @@ class RolloutActor:
                 "(sync with update_weights first)"
             )
         cols = requests.to_pydict()
-        samples = self.engine.generate(cols["prompt_token_ids"], cols["seed"])
+        samples = self.engine.generate(cols["prompt_token_ids"], cols["seed"], greedy=greedy)
         rows = {name: [] for name in ROLLOUT_SCHEMA.names}
         for i, per_prompt in enumerate(samples):
             for k, s in enumerate(per_prompt):
@@ -129,11 +132,13 @@ def start_rollout_actor(
     return actor
 
 
-def generate_all(actor, requests: pa.Table, batch_size: int, show_progress: bool = True) -> pa.Table:
+def generate_all(
+    actor, requests: pa.Table, batch_size: int, show_progress: bool = True, greedy: bool = False
+) -> pa.Table:
     """Send the requests in Arrow batches of ``batch_size``; one ROLLOUT_SCHEMA table back."""
     starts = range(0, requests.num_rows, batch_size)
     parts = [
-        ray.get(actor.generate.remote(requests.slice(s, batch_size)))
+        ray.get(actor.generate.remote(requests.slice(s, batch_size), greedy=greedy))
         for s in progress(starts, desc="generate", unit="batch", disable=not show_progress)
     ]
     return pa.concat_tables(parts)

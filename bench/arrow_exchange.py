@@ -8,7 +8,7 @@ is replayed, in the same Ray session, right after those iterations:
   ``sink.echo`` (there and back, so the way back = echo − consume), each minus the same call with no
   payload — that fixed per-call cost is Ray's, paid by any remote call, and reported on its own;
 - conversion: the Arrow ↔ Python / torch code each role runs on the table (the rollout actor's
-  to_pydict / from_pydict, jobs.plus's token_tensor and policy_batch, the reference's and policy's
+  to_pydict / from_pydict, rl_step's token_tensor and policy_batch, the reference's and policy's
   encode_summaries / logprobs_table, the reward pairs' pair_table / to_pydict), timed on the same data.
   Tokenisation of reward inputs is model work, not exchange, and is left out.
 
@@ -61,7 +61,8 @@ def transfer_costs(sink, table: pa.Table) -> dict:
 
 def conversion_costs(tables: dict, rig) -> dict[str, float]:
     """Seconds of the Arrow ↔ Python/torch conversions each role runs on these tables, per iteration."""
-    from jobs.plus import summary_pairs, token_tensor
+    from jobs.plus import summary_pairs
+    from rlhf_cluster.rl_step import token_tensor
     from rlhf_cluster.schema import REWARD_SCORE_SCHEMA, ROLLOUT_SCHEMA
     from rlhf_cluster.sequences import encode_summaries, logprobs_table, policy_batch
     from rlhf_cluster.tensors import pad_list_column

@@ -26,9 +26,12 @@ for _key, _value in (
     os.environ.setdefault(_key, _value)
 
 DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
-DEMO_DATA = ROOT / "runs" / "demo" / "data"
-DEMO_MODELS = ROOT / "runs" / "demo" / "models"
-BENCH_DIR = ROOT / "runs" / "bench"  # scratch: bench model, run dirs (git-ignored with runs/)
+# Where the benchmarks read the demo's data and models and write their scratch (bench model, run dirs):
+# runs/ of the checkout (git-ignored), or $RLHF_BENCH_WORK (the test suite points it at a temporary dir).
+WORK = Path(os.environ.get("RLHF_BENCH_WORK", ROOT / "runs"))
+DEMO_DATA = WORK / "demo" / "data"
+DEMO_MODELS = WORK / "demo" / "models"
+BENCH_DIR = WORK / "bench"
 
 # The "bench model" (~20 M parameters): our tiny-model builder at a width where compute, not fixed
 # overhead, dominates a step on 2 cores. Random init: a benchmark needs its shape, not its skill, and an
@@ -85,15 +88,15 @@ def require_demo_inputs() -> None:
     if not (DEMO_MODELS / "models.json").is_file() or not (DEMO_DATA / "ceilings.json").is_file():
         raise SystemExit(
             f"missing {DEMO_DATA} / {DEMO_MODELS}: run `make bench` (it generates them) or\n"
-            f"  python -m jobs.make_data --dataset pets --out {DEMO_DATA.relative_to(ROOT)} --seed 0\n"
-            f"  python -m jobs.make_models --data {DEMO_DATA.relative_to(ROOT)} --out "
-            f"{DEMO_MODELS.relative_to(ROOT)} --seed 0"
+            f"  python -m jobs.make_data --dataset pets --out {DEMO_DATA} --seed 0\n"
+            f"  python -m jobs.make_models --data {DEMO_DATA} --out "
+            f"{DEMO_MODELS} --seed 0"
         )
 
 
 def bench_model(shape: dict | None = None, name: str = "summarizer-20m") -> Path:
     """The bench summarizer (built once, cached under runs/bench/models/<name>), the demo's tokenizer."""
-    from rlhf_cluster.config import TinyModelOptions
+    from rlhf_cluster.builder_config import TinyModelOptions
     from rlhf_cluster.models import build_llama, count_parameters, load_tokenizer, save_checkpoint
 
     shape = shape or BENCH_MODEL_SHAPE

@@ -155,10 +155,12 @@ def weight_sync(rep: Report) -> None:
     rep.add(
         "## 2. Weight sync",
         "",
-        "Policy → rollout engine after each summarizer update: `PolicyGroup.state_dict_bytes()` (gather, "
-        "torch.save on rank 0, to the driver) → `RolloutActor.update_weights` (to the actor, vLLM reload, "
-        "prefix-cache reset). Medians over the rig's iterations (warm-up excluded); share = sync ÷ the "
-        "same iteration's wall time. Target ≤ 5 %.",
+        "Policy → rollout engine after each summarizer update: `PolicyGroup.state_dict_ref()` (gather, "
+        "torch.save on rank 0 into the object store) → `RolloutActor.update_weights` (store → actor, not "
+        "through the driver; vLLM reload, prefix-cache reset). Medians over the rig's iterations (warm-up "
+        "excluded); share = sync ÷ the same iteration's wall time. Target ≤ 5 %. Below the table: the same "
+        "sync by this path and by the former one through the driver, side by side (ABBA), with the "
+        "driver's peak allocation during each.",
         "",
     )
     rows = []
@@ -215,6 +217,30 @@ def weight_sync(rep: Report) -> None:
         rep.table(["model", "blob", "sync", "bytes/s", "gather", "transfer", "engine load", "iteration", "share"], rows)
     else:
         rep.add("Not run.", "")
+    paths = [rep.rig(m).get("weight_sync", {}).get("paths") for m in ("demo", "bench")]
+    path_rows = [
+        [
+            p["model"],
+            sec(p["direct"]["sync_s"]),
+            f"{p['direct']['driver_peak_bytes'] / 2**20:.2f} MiB",
+            sec(p["via_driver"]["sync_s"]),
+            f"{p['via_driver']['driver_peak_bytes'] / 2**20:.2f} MiB",
+            f"{p['time_ratio_direct_over_via_driver']:.2f}",
+        ]
+        for p in paths
+        if p
+    ]
+    if path_rows:
+        rep.add("", "Weights skip the driver (same syncs, alternating):", "")
+        heads = [
+            "model",
+            "direct: sync",
+            "direct: driver peak",
+            "via driver: sync",
+            "via driver: driver peak",
+            "time ratio",
+        ]
+        rep.table(heads, path_rows)
 
 
 def arrow(rep: Report) -> None:
@@ -234,9 +260,11 @@ def arrow(rep: Report) -> None:
             continue
         any_ = True
         rep.add(
-            f"**{model} model** ({ar.get('iterations_from', 'PLUS iterations')}) — iteration {sec(ar['iteration_s'])}: transfer {sec(ar['transfer_s'])} + conversion "
+            f"**{model} model** ({ar.get('iterations_from', 'PLUS iterations')}) — iteration "
+            f"{sec(ar['iteration_s'])}: transfer {sec(ar['transfer_s'])} + conversion "
             f"{sec(ar['conversion_s'])} = **{pct(ar['share_of_iteration'])}**; with Ray's fixed call cost "
-            f"({sec(ar['ray_call_overhead_s'])} × {ar['calls_per_iteration']} calls): {pct(ar['share_incl_ray_call_overhead'])}",
+            f"({sec(ar['ray_call_overhead_s'])} × {ar['calls_per_iteration']} calls): "
+            f"{pct(ar['share_incl_ray_call_overhead'])}",
             "",
         )
         rep.table(
@@ -298,7 +326,8 @@ def phases(rep: Report) -> None:
     ro = ph["actors"].get("RolloutActor", {})
     if ro.get("cpu_cores") is not None and ro["cpu_cores"] > ro["busy_share"] + 0.2:
         rep.add(
-            f"The rollout actor's processes used {ro['cpu_cores']:.2f} cores while it was busy {pct(ro['busy_share'])} of "
+            f"The rollout actor's processes used {ro['cpu_cores']:.2f} cores while it was busy "
+            f"{pct(ro['busy_share'])} of "
             "the time: vLLM's worker keeps polling its shared-memory queue for a while after each call (vLLM 0.32 "
             "`shm_broadcast.SpinCondition`, `busy_loop_s=1`), and with iterations this short it polls through much "
             "of the other phases — on 2 cores, CPU the training phases do not get.",
@@ -376,7 +405,8 @@ def grpo(rep: Report) -> None:
         rep.add(
             f"Where a step goes — ours: {where}. TRL: generation {pct(gen_share)} of its step "
             f"(transformers generate; TRL {trl['versions']['trl']}, transformers {trl['versions']['transformers']}, "
-            f"{trl['torch_threads']} torch threads; prompt tokens identical to ours: {trl['prompt_tokens_match_ours']}).",
+            f"{trl['torch_threads']} torch threads; prompt tokens identical to ours: "
+            f"{trl['prompt_tokens_match_ours']}).",
             "",
         )
         prompt, summ = g["ours"].get("prompt_tokens_mean"), _mean(g["ours"].get("summary_tokens_mean") or [])
@@ -460,8 +490,10 @@ def serve(rep: Report) -> None:
         return
     s = sv["setting"]
     rep.add(
-        f"bench/serve_load.py: {s['duration_s']} s per cell after {s['warmup_s']} s warm-up, {s['responses_per_request']} "
-        f"responses per request, {s['users']} users with stored summaries, reward-model replicas of {s['replica_cpus']} "
+        f"bench/serve_load.py: {s['duration_s']} s per cell after {s['warmup_s']} s warm-up, "
+        f"{s['responses_per_request']} "
+        f"responses per request, {s['users']} users with stored summaries, reward-model replicas of "
+        f"{s['replica_cpus']} "
         f"CPU, serve.batch ≤ {s['max_batch_size']}; clients are threads on the same {s['cpus']} cores.",
         "",
     )
@@ -573,7 +605,8 @@ def memory(rep: Report) -> None:
         ok = m["peak_pss_sum_gib"] <= 8.0
         rep.add(
             f"Whole demo run (jobs.plus driver + Ray + every actor + vLLM engine processes, psutil every "
-            f"{m['interval_s']} s): peak **{m['peak_pss_sum_gib']:.2f} GiB PSS** (summed RSS {m['peak_rss_sum_gib']:.2f} GiB, "
+            f"{m['interval_s']} s): peak **{m['peak_pss_sum_gib']:.2f} GiB PSS** (summed RSS "
+            f"{m['peak_rss_sum_gib']:.2f} GiB, "
             "which counts shared pages once per process). Target ≤ 8 GiB.",
             "",
         )
@@ -593,7 +626,8 @@ def memory(rep: Report) -> None:
         m = sv["memory"]
         rep.add(
             f"Serve app during the load test (Ray, Serve controller/proxy, ingress, summarizer and reward-model "
-            f"replicas, client threads): peak **{m['peak_pss_sum_gib']:.2f} GiB PSS** (RSS sum {m['peak_rss_sum_gib']:.2f} GiB).",
+            f"replicas, client threads): peak **{m['peak_pss_sum_gib']:.2f} GiB PSS** (RSS sum "
+            f"{m['peak_rss_sum_gib']:.2f} GiB).",
             "",
         )
         rep.table(["role", "peak PSS GiB"], [[k, v] for k, v in m["role_peak_pss_gib"].items() if v >= 0.01])

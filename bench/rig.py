@@ -2,15 +2,15 @@
 
 ``Rig`` starts the roles jobs.plus starts (rollout actor on vLLM, frozen reference, DeepSpeed policy
 group, and — for reward="rm" — the DeepSpeed reward-model group) from a PlusConfig, and ``iteration``
-runs one iteration with jobs.plus's own functions (rollout_requests, summary_pairs, score_margins,
-token_tensor, advantages_of, train_minibatches) and its phase names, so its timings mean what
-metrics.jsonl's mean. What jobs.plus does not expose, the rig records: the weight sync split into
-gather (policy → driver), push + load (driver → rollout actor) and the engine's load time, and every
-Arrow table that crossed a process boundary (for bench/arrow_exchange.py to replay).
+runs one iteration with the shared RL step jobs.plus runs (rlhf_cluster.rl_step) and jobs.plus's reward
+(summary_pairs, score_margins) under its phase names, so its timings mean what metrics.jsonl's mean. What
+jobs.plus does not expose, the rig records: the weight sync split into gather (policy rank 0 → object
+store), push + load (object store → rollout actor) and the engine's load time, the driver's peak
+allocation during it (``sync(via_driver=True)``: the former path through the driver, for comparison),
+and every Arrow table that crossed a process boundary (for bench/arrow_exchange.py to replay).
 
 ``iteration(..., reward="text")`` swaps the reward model for bench/text_reward.py (no RM scoring, no RM
-update): the fixed reward of the GRPO side-by-side with TRL. The validation engine of jobs.plus is not started (the
-benchmarks do not validate).
+update): the fixed reward of the GRPO side-by-side with TRL. The benchmarks do not validate.
 """
 
 from __future__ import annotations
@@ -55,7 +55,6 @@ class Rig:
             )
         ray.get([self.rollout.info.remote(), self.reference.info.remote()])
         self.startup_s = time.perf_counter() - t0
-        self.blob: bytes | None = None
 
     def _start_rollout(self, rollout_cfg):
         from actors.rollout import RolloutActor
@@ -75,13 +74,13 @@ class Rig:
         self.ray.kill(self.rollout)
         self.cfg = self.cfg.model_copy(update={"rollout": self.cfg.rollout.model_copy(update=rollout_updates)})
         self.rollout = self._start_rollout(self.cfg.rollout)
-        if self.blob is not None:
-            self.ray.get(self.rollout.update_weights.remote(self.blob, self.version))
+        if self.version > 0:
+            self.ray.get(self.rollout.update_weights.remote(self.policy.state_dict_ref(), self.version))
         return time.perf_counter() - t0
 
     def rows(self, it: int, users: int) -> np.ndarray:
         """Iteration ``it``'s training rows: jobs.plus's seeded epoch order, at ``users`` per iteration."""
-        from jobs.plus import user_batches
+        from rlhf_cluster.sampling import epoch_batches as user_batches
 
         for k, rows in enumerate(user_batches(self.train.num_rows, users, it, self.cfg.seed), 1):
             if k == it:
@@ -96,88 +95,82 @@ class Rig:
         requests: pa.Table | None = None,
         reward: str = "rm",
     ) -> dict:
-        """One PLUS iteration on ``rows`` (of ``examples`` / ``requests``: default the train split).
+        """One PLUS iteration on ``rows`` (of ``examples`` / ``requests``: default the train split), through
+        the shared RL step (rlhf_cluster.rl_step) as jobs.plus runs it.
 
         Returns ``{"wall_s", "phases": {name: s}, "sync": {...}, "tables": {name: pa.Table}, ...}``.
         """
-        from jobs.plus import (
-            advantages_of,
-            rollout_requests,
-            score_margins,
-            summary_pairs,
-            token_tensor,
-            train_minibatches,
-        )
-        from rlhf_cluster.losses import kl_penalty, token_rewards
+        from jobs.plus import score_margins, summary_pairs
+        from rlhf_cluster.rl_step import Roles, experience, rollout_requests, sample, update
         from rlhf_cluster.sequences import policy_batch
 
-        ray, cfg = self.ray, self.cfg
+        cfg = self.cfg
+        roles = Roles(self.rollout, self.reference, self.policy)
         examples = self.train if examples is None else examples
         requests_all = self.requests if requests is None else requests
         t: dict[str, float] = {}
         tables: dict[str, pa.Table] = {}
         start = time.perf_counter()
-        batch = examples.take(rows)
-        with _phase("generate", t):
-            req = rollout_requests(requests_all, rows, cfg.seed, it)
-            rollouts = ray.get(self.rollout.generate.remote(req, min_weight_version=self.version))
-        tables.update(requests=req, rollouts=rollouts)
         use_rm = reward == "rm"
         if use_rm and self.rm is None:
             raise ValueError("reward='rm' needs a Rig started with_rm=True")
+        with _phase("generate", t):
+            req = rollout_requests(requests_all, rows, cfg.seed, it)
+            rollouts = sample(roles, req, self.version)
+        tables.update(requests=req, rollouts=rollouts)
         with _phase("score", t):
             if use_rm:
-                pairs = summary_pairs(batch, rollouts)
-                margins = torch.as_tensor(score_margins(self.rm, pairs))
-                score = F.logsigmoid(margins)
-                tables["reward_pairs"] = pairs
+                tables["reward_pairs"] = summary_pairs(examples.take(rows), rollouts)
+                score = F.logsigmoid(torch.as_tensor(score_margins(self.rm, tables["reward_pairs"])))
             else:
                 score = torch.tensor([text_reward(s) for s in rollouts.column("summary_text").to_pylist()])
-        with _phase("reference", t):
-            old_lp, mask = token_tensor(rollouts.column("summary_logprobs"), "summary_logprobs")
-            ref_table = ray.get(self.reference.logprobs.remote(rollouts))
-            ref_lp, _ = token_tensor(ref_table.column("logprobs"), "ref logprobs")
-            kl = kl_penalty(old_lp, ref_lp, cfg.policy.kl_estimator)
-        tables["ref_logprobs"] = ref_table
-        with _phase("advantages", t):
-            rewards = token_rewards(score, kl, mask, cfg.policy.kl_coef, cfg.policy.reward_clip)
-            adv, _ = advantages_of(cfg, rollouts, rewards, mask)
-        with _phase("train_summarizer", t):
-            pbatch = policy_batch(rollouts, adv)
-            train_minibatches(cfg, self.policy, pbatch, cfg.seed + it, "policy")
-        tables["policy_batch"] = pbatch
+        exp = experience(cfg.policy, roles, rollouts, score, t)
+        tables.update(ref_logprobs=exp.reference, policy_batch=policy_batch(rollouts, exp.advantages))
+        update(cfg.policy, roles, exp, cfg.seed + it, t, "train_summarizer", train_policy=True)
         with _phase("train_reward_model", t):
-            if use_rm:
-                for _ in range(cfg.rm_updates_per_iter):
-                    self.rm.train_step(tables["reward_pairs"])
+            for _ in range(cfg.rm_updates_per_iter if use_rm else 0):
+                self.rm.train_step(tables["reward_pairs"])
         with _phase("sync_weights", t):
             sync = self.sync()
-        wall = time.perf_counter() - start
+        t = {k.replace(" ", "_"): v for k, v in t.items()}
         return {
-            "wall_s": wall,
+            "wall_s": time.perf_counter() - start,
             "phases": t,
             "sync": sync,
             "tables": tables,
             "summaries": rollouts.num_rows,
-            "summary_tokens_mean": float(mask.sum(1).float().mean()),
+            "summary_tokens_mean": float(exp.mask.sum(1).float().mean()),
             "prompt_tokens_mean": float(np.mean([len(p) for p in req.column("prompt_token_ids").to_pylist()])),
             "reward_mean": float(score.mean()),
         }
 
-    def sync(self) -> dict:
-        """Policy → rollout actor, as jobs.plus syncs, split into its parts."""
+    def sync(self, via_driver: bool = False) -> dict:
+        """Policy → rollout actor as jobs.plus syncs (rank 0's object reference handed to the rollout
+        actor: the bytes skip the driver), split into its parts: gather (rank 0 serialises into the object
+        store), push + load (the store → the actor, the engine's reload). ``via_driver``: the former path,
+        for comparison — the driver fetches the bytes and sends them on. ``driver_peak_bytes``: the
+        driver's peak Python allocation during the sync (tracemalloc)."""
+        import tracemalloc
+
+        tracemalloc.start()
         t0 = time.perf_counter()
-        self.blob = self.policy.state_dict_bytes()
+        ref = self.policy.state_dict_ref()
+        self.ray.wait([ref], fetch_local=False)
+        payload = self.ray.get(ref) if via_driver else ref
         t1 = time.perf_counter()
-        info = self.ray.get(self.rollout.update_weights.remote(self.blob, self.version + 1))
+        info = self.ray.get(self.rollout.update_weights.remote(payload, self.version + 1))
         t2 = time.perf_counter()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
         self.version = info["weight_version"]
         return {
-            "bytes": len(self.blob),
+            "bytes": info["bytes"],
             "gather_s": t1 - t0,
             "push_and_load_s": t2 - t1,
             "engine_load_s": info["seconds"],
             "total_s": t2 - t0,
+            "driver_peak_bytes": peak,
+            "via_driver": via_driver,
         }
 
     def shutdown(self) -> None:

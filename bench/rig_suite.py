@@ -111,7 +111,8 @@ def main(argv=None) -> None:
     rig = Rig(cfg, with_rm=need_rm)
     result["startup_s"] = rig.startup_s
     print(
-        f"[rig] {args.model} summarizer ({result['setting']['parameters']:,} params): actors up in {rig.startup_s:.1f} s",
+        f"[rig] {args.model} summarizer ({result['setting']['parameters']:,} params): actors up in "
+        f"{rig.startup_s:.1f} s",
         flush=True,
     )
     spec, its, source = None, None, None
@@ -142,6 +143,7 @@ def main(argv=None) -> None:
         if its is not None:
             if "weight_sync" in parts:
                 result["weight_sync"] = {**weight_sync.summarize(its, args.model), "iterations_from": source}
+                result["weight_sync"]["paths"] = weight_sync.compare_paths(rig, 2 if args.quick else 6, args.model)
             if "arrow" in parts:
                 result["arrow"] = {**arrow_exchange.measure(rig, its, args.model), "iterations_from": source}
             save()

@@ -9,7 +9,8 @@ from the same checkpoint and RolloutConfig, called with the same token ids and s
 Both engines are up at once and the calls alternate in ABBA order (direct, pipeline | pipeline, direct |
 …) on fresh contexts each round, so machine load and prefix-cache state hit both alike; a warm-up call
 each is not timed. Ratio = median direct call time ÷ median pipeline call time (each call makes the same
-B × n summaries; identical ones, when the seeds reproduce). Target: ratio ≥ 0.9. Run from bench/rig_suite.py (it owns Ray and the rollout actor).
+B × n summaries; identical ones, when the seeds reproduce). Target: ratio ≥ 0.9. Run from bench/rig_suite.py
+(it owns Ray and the rollout actor).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ def measure(rig, batches: list[int], rounds: dict[int, int]) -> dict:
     """``rounds[B]`` alternating direct/pipeline calls of ``B`` contexts each, per batch size B."""
     import ray
 
-    from jobs.plus import rollout_requests
     from rlhf_cluster.generation import VllmEngine
+    from rlhf_cluster.rl_step import rollout_requests
 
     cfg = rig.cfg
     t0 = time.perf_counter()
@@ -83,7 +84,8 @@ def measure(rig, batches: list[int], rounds: dict[int, int]) -> dict:
             print(
                 f"[rollout] {B} contexts × {cfg.rollout.n_samples}: direct {b['direct_summaries_per_s']:.1f}/s, "
                 f"pipeline {b['pipeline_summaries_per_s']:.1f}/s → ratio {b['ratio_summaries_per_s']:.3f} "
-                f"(tokens/s ratio {b['ratio_tokens_per_s']:.3f}; identical samples in {b['identical_rounds']}/{b['rounds']} rounds)",
+                f"(tokens/s ratio {b['ratio_tokens_per_s']:.3f}; identical samples in "
+                f"{b['identical_rounds']}/{b['rounds']} rounds)",
                 flush=True,
             )
     finally:

@@ -73,7 +73,8 @@ def main(argv=None) -> None:
             print(f"[serve] {line.strip()}", flush=True)
     mem = sampler.report()
     print(
-        f"[memory] Serve app (+ clients) peak PSS {mem['peak_pss_sum_gib']:.2f} GiB (RSS sum {mem['peak_rss_sum_gib']:.2f} GiB)",
+        f"[memory] Serve app (+ clients) peak PSS {mem['peak_pss_sum_gib']:.2f} GiB (RSS sum "
+        f"{mem['peak_rss_sum_gib']:.2f} GiB)",
         flush=True,
     )
     write_part(

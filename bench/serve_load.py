@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--run-dir", help="a jobs.plus / jobs.train_rm run directory to serve")
     src.add_argument(
         "--reward-model",
-        default=str(ROOT / "runs/demo/models/reward_model"),
+        default=str(Path(os.environ.get("RLHF_BENCH_WORK", ROOT / "runs")) / "demo/models/reward_model"),
         help="a reward checkpoint (default: the demo's tiny backbone, untrained head)",
     )
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="client threads per cell")

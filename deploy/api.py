@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from rlhf_cluster.config import ServeLimits
+from rlhf_cluster.serve_config import ServeLimits
 from rlhf_cluster.summary_store import StoredSummary, SummaryStore
 
 logger = logging.getLogger("ray.serve")
@@ -215,7 +215,8 @@ def build_api(service: Service, settings: ApiSettings) -> FastAPI:
     bodies = request_bodies(settings.limits)
     app = FastAPI(
         title="rlhf_cluster personalized reward endpoint",
-        description="PLUS: a summarizer writes a text summary of a user; a reward model conditioned on it scores responses.",
+        description="PLUS: a summarizer writes a text summary of a user; a reward model conditioned on it "
+        "scores responses.",
         version="1",
     )
     # Outermost first on the way in: auth (header only), then the body checks, then the routes.

@@ -37,16 +37,8 @@ from ray.serve.handle import DeploymentHandle
 
 from deploy.api import ApiError, ApiSettings, build_api
 from rlhf_cluster.cli import ConfigError, load_config
-from rlhf_cluster.config import (
-    BatchedServeDeployment,
-    PlusConfig,
-    RolloutConfig,
-    ServeAuth,
-    ServeConfig,
-    ServeDeployment,
-    ServeLimits,
-    TrainRMConfig,
-)
+from rlhf_cluster.config import PlusConfig, RolloutConfig, TrainRMConfig
+from rlhf_cluster.serve_config import BatchedServeDeployment, ServeAuth, ServeConfig, ServeDeployment, ServeLimits
 from rlhf_cluster.summary_store import SummaryStore
 
 DEFAULT_RUN_DIR = "runs/demo/plus"  # what `serve run deploy.serve:app` serves without $RLHF_SERVE_CONFIG
@@ -217,7 +209,8 @@ class Summarizer:
             return SummaryResult(
                 error=(
                     f"the summarizer prompt for this context is {len(ids)} tokens; at most {self.budget} fit "
-                    "(rollout.max_model_len − rollout.max_new_tokens): send fewer or shorter items, or set max_context_pairs"
+                    "(rollout.max_model_len − rollout.max_new_tokens): send fewer or shorter items, or set "
+                    "max_context_pairs"
                 )
             )
         return SummaryResult(text=await self.generate(ids))

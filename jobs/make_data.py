@@ -22,8 +22,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rlhf_cluster.builder_config import MakeDataConfig
 from rlhf_cluster.cli import parse_config
-from rlhf_cluster.config import MakeDataConfig
 from rlhf_cluster.datasets import GeneratedDataset, generate
 from rlhf_cluster.schema import EXAMPLE_SCHEMA
 

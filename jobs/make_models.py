@@ -28,8 +28,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from rlhf_cluster import prompts
+from rlhf_cluster.builder_config import MakeModelsConfig, TinyModelOptions
 from rlhf_cluster.cli import parse_config
-from rlhf_cluster.config import MakeModelsConfig, TinyModelOptions
 from rlhf_cluster.data import DataError, list_splits, read_split
 from rlhf_cluster.models import build_llama, count_parameters, pack_documents, pretrain_causal_lm, save_checkpoint
 from rlhf_cluster.tokenizer import SPECIAL_TOKENS, save_tokenizer, train_tokenizer

@@ -21,10 +21,11 @@ import pyarrow as pa
 
 from rlhf_cluster.cli import parse_config, prepare_run_dir
 from rlhf_cluster.config import TrainRMConfig
-from rlhf_cluster.data import epoch_batches, read_split
+from rlhf_cluster.data import read_split
 from rlhf_cluster.metrics import MetricsLogger, accuracy_by_subset
 from rlhf_cluster.progress import note, progress
 from rlhf_cluster.reward_model import conditioning_texts, pair_table
+from rlhf_cluster.sampling import epoch_batches
 from rlhf_cluster.timing import phase
 
 
@@ -90,6 +91,8 @@ def main(argv=None) -> dict:
                     best = {"step": step, "validation_accuracy": v["all"], "validation": v}
                     group.save(str(run_dir / "best"))
                     (run_dir / "best.json").write_text(json.dumps(best, indent=2))
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                group.save(str(run_dir / "checkpoints" / f"step_{step:06d}"))
     with phase("save", timings):
         group.save(str(run_dir / "last"))
         group.shutdown()

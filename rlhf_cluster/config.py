@@ -9,15 +9,48 @@ before any Ray or model work starts.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def merge_defaults(defaults: dict, given: dict) -> dict:
+    """``given`` over ``defaults``, nested dicts merged key by key."""
+    out = dict(defaults)
+    for key, value in given.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merge_defaults(out[key], value) if nested else value
+    return out
+
+
+def section_factory(model: type[BaseModel], defaults: dict) -> Callable[[], BaseModel]:
+    """A ``default_factory`` building ``model`` with a job's own defaults for that section."""
+    return lambda: model(**defaults)
 
 
 class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors, assignments are validated."""
+    """Base for every config section: unknown keys are errors, assignments are validated.
+
+    ``section_defaults`` ({section: {key: value}}) are a model's own defaults for sections whose model is
+    shared with other jobs (PLUS samples 4 summaries where the summarize job samples 1). A section given
+    only in part keeps them for the keys it leaves out; the section's field uses
+    ``section_factory(Model, defaults)`` when the section is not given at all.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    section_defaults: ClassVar[dict[str, dict]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_sections_keep_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and cls.section_defaults:
+            defaults = cls.section_defaults
+            data = {
+                k: merge_defaults(defaults[k], v) if k in defaults and isinstance(v, dict) else v
+                for k, v in data.items()
+            }
+        return data
 
 
 # --------------------------------------------------------------------------------------------- Ray
@@ -221,7 +254,10 @@ class TrainRMConfig(StrictModel):
         default_factory=lambda: ActorResources(num_cpus=1.0), description="Resources of the rollout actor."
     )
     checkpoint_every: int = Field(
-        0, ge=0, description="Also keep checkpoints/step_N every this many steps (0: only best/ and last/)."
+        0,
+        ge=0,
+        description="Also write the reward model to run_dir/checkpoints/step_NNNNNN every this many steps "
+        "(HF checkpoints, loadable like best/; 0: only best/ and last/).",
     )
 
     @model_validator(mode="after")
@@ -232,175 +268,10 @@ class TrainRMConfig(StrictModel):
             raise ValueError("rm.conditioning=summary needs models.summarizer (the fixed summarizer checkpoint)")
         if self.rm.batch_size % self.deepspeed.num_ranks:
             raise ValueError(
-                f"rm.batch_size ({self.rm.batch_size}) must be divisible by deepspeed.num_ranks ({self.deepspeed.num_ranks})"
+                f"rm.batch_size ({self.rm.batch_size}) must be divisible by deepspeed.num_ranks "
+                f"({self.deepspeed.num_ranks})"
             )
         return self
-
-
-class PetsOptions(StrictModel):
-    """Options of the `pets` generator (two user types, four pet kinds on two attributes).
-
-    Kinds: bird helpful & harmless, dog helpful & harmful, cat harmless & unhelpful, rabbit neither.
-    Type 'helpful' scores 2·helpful + harmless, type 'harmless' scores helpful + 2·harmless: they agree on
-    every kind pair except dog vs cat (rlhf_cluster/datasets/pets.py).
-    """
-
-    n_train_users: int = Field(64, ge=2, description="Users in train / validation / test_seen_users.")
-    n_test_users: int = Field(32, ge=2, description="Unseen users (test_unseen_users, pets_ood).")
-    examples_per_user: int = Field(8, ge=1, description="Target pairs per user and split.")
-    n_context: int = Field(
-        3, ge=0, description="Labelled contested pairs (dog vs cat) in each user's context, shared by their examples."
-    )
-    contested_fraction: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="Share of target pairs that are the contested kind pair; the rest are "
-        "drawn uniformly from the five agreed kind pairs.",
-    )
-    label_noise: float = Field(
-        0.0, ge=0, lt=0.5, description="Probability that a label (target or context) goes against the user's type."
-    )
-
-
-class PersonasOptions(StrictModel):
-    """Options of the `personas` attribute world (rlhf_cluster/datasets/personas.py).
-
-    Each response has a level in {-1, 0, +1} per attribute, shown by topic-dependent marker words;
-    P(user prefers a over b) = σ(β·w·(φ(a) − φ(b)) + quality_weight·(q(a) − q(b))).
-    """
-
-    n_attributes: int = Field(4, ge=1, le=8, description="Latent attributes K (verbosity, formality, …).")
-    user_model: Literal["discrete", "dirichlet", "lowrank"] = Field(
-        "discrete",
-        description="How user weight vectors are drawn: 'discrete' types uniformly; 'dirichlet' w ~ Dir(α); "
-        "'lowrank' w = U·z/√rank with a fixed orthonormal U (K×rank) and z ~ N(0, I).",
-    )
-    n_user_types: int = Field(
-        4,
-        ge=1,
-        description="discrete: number of user types: type j < K is +e_j (likes attribute j), "
-        "type K + j is −e_j (likes its opposite); at most 2K.",
-    )
-    dirichlet_alpha: float = Field(0.3, gt=0, description="dirichlet: concentration of user weights.")
-    rank: int = Field(2, ge=1, description="lowrank: rank of the user-weight subspace (at most K).")
-    beta: float = Field(3.0, gt=0, description="Label sharpness: P(a>b) = σ(β·w·(φ(a)−φ(b))).")
-    quality_weight: float = Field(
-        0.0,
-        ge=0,
-        description="Weight of a shared quality attribute everyone values (0: quality is not shown in "
-        "the text and plays no part).",
-    )
-    n_context: int = Field(8, ge=0, description="Past labelled pairs in each user's context.")
-    context_mode: Literal["survey", "random"] = Field(
-        "survey",
-        description="'survey': one fixed set of contested pairs, answered by every user (labels per "
-        "user); 'random': each user labelled their own random pairs.",
-    )
-    n_topics: int = Field(8, ge=1, description="Topics seen in training.")
-    n_unseen_topics: int = Field(4, ge=0, description="Topics only in test_unseen_topics (0: no such split).")
-    unseen_topic_markers: Literal["mix", "new"] = Field(
-        "mix",
-        description="Marker words of unseen topics: 'mix' reuses seen marker words in new topic/marker "
-        "combinations; 'new' uses words that never occur in seen topics.",
-    )
-    n_train_users: int = Field(128, ge=1, description="Users in train / validation / test_seen_users.")
-    n_test_users: int = Field(64, ge=1, description="Users in test_unseen_users / test_unseen_topics.")
-    examples_per_user: int = Field(8, ge=1, description="Target pairs per user and split.")
-    n_population: int = Field(
-        1024,
-        ge=16,
-        description="dirichlet/lowrank: prior samples standing in for the population (contested "
-        "flag, user-agnostic and Bayes ceilings by importance weighting).",
-    )
-    contested_min_share: float = Field(
-        0.1,
-        gt=0,
-        lt=0.5,
-        description="dirichlet/lowrank: a pair is contested when at least this share of the "
-        "population prefers each side (discrete: when at least one type prefers each side).",
-    )
-
-    @model_validator(mode="after")
-    def _sizes_fit(self) -> PersonasOptions:
-        if self.user_model == "discrete" and self.n_user_types > 2 * self.n_attributes:
-            raise ValueError(
-                f"n_user_types ({self.n_user_types}) must be at most 2·n_attributes ({2 * self.n_attributes})"
-            )
-        if self.user_model == "lowrank" and self.rank > self.n_attributes:
-            raise ValueError(f"rank ({self.rank}) must be at most n_attributes ({self.n_attributes})")
-        if self.n_topics + self.n_unseen_topics > 12:
-            raise ValueError(f"n_topics + n_unseen_topics ({self.n_topics + self.n_unseen_topics}) must be at most 12")
-        return self
-
-
-class MakeDataConfig(StrictModel):
-    """`python -m jobs.make_data`: generate a procedural dataset with its analytic ceilings."""
-
-    dataset: Literal["pets", "personas"] = Field(..., description="Which generator.")
-    out: str = Field(
-        ..., description="Output directory: <split>.parquet per split, ceilings.json, dataset.json, README.md."
-    )
-    seed: int = Field(0, ge=0, description="Generator seed; the same seed gives byte-identical data.")
-    pets: PetsOptions = Field(default_factory=PetsOptions, description="Options of the pets generator.")
-    personas: PersonasOptions = Field(default_factory=PersonasOptions, description="Options of the personas generator.")
-
-
-class TinyModelOptions(StrictModel):
-    """Shape of one tiny decoder-only model (HF Llama architecture, supported by vLLM)."""
-
-    hidden_size: int = Field(128, ge=16, description="Model width.")
-    num_layers: int = Field(2, ge=1, description="Decoder layers.")
-    num_heads: int = Field(4, ge=1, description="Attention heads (head size = hidden_size / num_heads).")
-    intermediate_size: int = Field(352, ge=16, description="MLP width.")
-    max_position_embeddings: int = Field(1024, ge=64, description="Longest sequence, tokens.")
-
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> TinyModelOptions:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
-        # Head sizes vLLM's CPU attention accepts (vllm/v1/attention/backends/cpu_attn.py); GPU backends
-        # accept them too, so a tiny model that serves on CPU also serves on a GPU cluster.
-        vllm_head_sizes = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256)
-        head_size = self.hidden_size // self.num_heads
-        if head_size not in vllm_head_sizes:
-            raise ValueError(
-                f"head size hidden_size/num_heads = {head_size} is not one that vLLM's CPU attention supports "
-                f"{vllm_head_sizes}; e.g. hidden_size=64 with num_heads=2"
-            )
-        return self
-
-
-class MakeModelsConfig(StrictModel):
-    """`python -m jobs.make_models`: tokenizer + tiny summarizer and reward backbone from a dataset."""
-
-    data: str = Field(
-        ...,
-        description="Dataset directory (<split>.parquet / .jsonl files). The tokenizer learns its vocabulary "
-        "from every split; LM pre-training reads only the train split.",
-    )
-    out: str = Field(..., description="Output directory: tokenizer/, summarizer/, reward_model/, models.json.")
-    seed: int = Field(0, description="Initialisation and pre-training seed; the same seed gives identical weights.")
-    vocab_size: int = Field(
-        2048,
-        ge=300,
-        description="Upper bound on the tokenizer vocabulary: byte-level BPE = 256 byte tokens + 7 special tokens "
-        "+ merges (a small corpus may stop short of it).",
-    )
-    summarizer: TinyModelOptions = Field(
-        default_factory=TinyModelOptions, description="Shape of the summarizer (a causal LM)."
-    )
-    reward_model: TinyModelOptions = Field(
-        default_factory=TinyModelOptions,
-        description="Shape of the reward-model backbone (saved as a causal LM; the scalar head is added at load).",
-    )
-    pretrain_steps: int = Field(
-        300, ge=0, description="LM pre-training steps on the corpus (0: random init). Tiny summarizers need it."
-    )
-    pretrain_batch_size: int = Field(16, ge=1, description="Sequences per pre-training step.")
-    pretrain_lr: float = Field(3e-3, gt=0, description="Pre-training learning rate (AdamW).")
-    pretrain_seq_len: int = Field(256, ge=16, description="Pre-training sequence length, tokens.")
-    log_every: int = Field(25, ge=1, description="Print pre-training progress every this many steps.")
 
 
 # ------------------------------------------------------------------------------------- evaluation
@@ -515,6 +386,9 @@ class PolicyTrainConfig(StrictModel):
 # ------------------------------------------------------------------------------- PLUS co-adaptation
 
 
+PLUS_SECTION_DEFAULTS = {"rollout": {"n_samples": 4}, "rm": {"conditioning": "summary"}, "deepspeed": {"num_ranks": 1}}
+
+
 class PlusConfig(StrictModel):
     """`python -m jobs.plus`: PLUS online co-adaptation (Nam et al. 2025) — the summarizer learns by GRPO
     from the reward model's accuracy on a held-out pair of the same user, and the reward model learns
@@ -551,25 +425,21 @@ class PlusConfig(StrictModel):
     eval_limit: Optional[int] = Field(
         64, ge=1, description="Validate on at most this many rows of rm.eval_split (None: all)."
     )
-    eval_backend: Literal["vllm", "hf"] = Field(
-        "hf",
-        description="Engine of the greedy validation summarizer (a second rollout actor, synced at each "
-        "validation): hf starts in a second; a second vllm engine doubles rollout start-up time and memory on CPU.",
-    )
     rm_updates_per_iter: int = Field(
         1,
         ge=0,
-        description="Reward-model optimizer steps per iteration on the iteration's summaries (rm_pairs='user': fresh pairs each step; the paper's code: 1, alternating 1:1 with the summarizer).",
+        description="Reward-model optimizer steps per iteration on the iteration's summaries (rm_pairs='user': "
+        "fresh pairs each step; the paper's code: 1, alternating 1:1 with the summarizer).",
     )
     rm_pairs: Literal["target", "user"] = Field(
         "target",
         description="What the reward model trains on, per sampled summary z of a user's context: 'target' "
-        "(the paper's scheme) — the held-out pair z was scored on, so an update sees users_per_iter distinct pairs, each "
+        "(the paper's scheme) — the held-out pair z was scored on, so an update sees users_per_iter distinct "
+        "pairs, each "
         "under n_samples summaries; 'user' — each update draws held-out pairs of the same user (other examples' target "
         "pairs, never one of the context's pairs; distinct across the user's n_samples summaries while it has enough): "
-        "up to users_per_iter × n_samples distinct pairs per update at the same cost. On pets (3 seeds) 'user' did "
-        "worse, mostly out of distribution (pets_ood contested 0.63 vs 0.84 mean). The summarizer's reward always "
-        "uses the target pair.",
+        "up to users_per_iter × n_samples distinct pairs per update at the same cost (docs/RESULTS.md compares them). "
+        "The summarizer's reward always uses the target pair.",
     )
     freeze_summarizer: bool = Field(
         False, description="Ablation: never update the summarizer (weights stay version 0's)."
@@ -583,16 +453,16 @@ class PlusConfig(StrictModel):
         default_factory=PolicyTrainConfig, description="Summarizer RL (algorithm grpo, rloo or ppo)."
     )
     rm: RewardTrainConfig = Field(
-        default_factory=lambda: RewardTrainConfig(conditioning="summary"),
+        default_factory=section_factory(RewardTrainConfig, PLUS_SECTION_DEFAULTS["rm"]),
         description="Reward model: conditioning must be 'summary'; batch_size/steps/eval_every unused (see above).",
     )
     deepspeed: DeepSpeedConfig = Field(
-        default_factory=lambda: DeepSpeedConfig(num_ranks=1),
+        default_factory=section_factory(DeepSpeedConfig, PLUS_SECTION_DEFAULTS["deepspeed"]),
         description="Ranks per training group (policy and reward model each).",
     )
     ray: RayConfig = Field(default_factory=RayConfig, description="Where Ray runs (local 2-CPU Ray on the laptop).")
     rollout_resources: ActorResources = Field(
-        default_factory=ActorResources, description="The rollout actor (and the greedy eval actor's engine)."
+        default_factory=ActorResources, description="The rollout actor (training samples and greedy validation)."
     )
     policy_resources: ActorResources = Field(default_factory=ActorResources, description="EACH summarizer policy rank.")
     rm_resources: ActorResources = Field(default_factory=ActorResources, description="EACH reward-model rank.")
@@ -606,13 +476,15 @@ class PlusConfig(StrictModel):
         10,
         ge=1,
         description="Write run_dir/checkpoint/ (policy, reward model, critic: weights + optimizer + RNG; "
-        "data position, weight version) every this many iterations and at the last; `--resume RUN_DIR` continues from it.",
+        "data position, weight version) every this many iterations and at the last; `--resume RUN_DIR` "
+        "continues from it.",
     )
     show: int = Field(
         3,
         ge=0,
         description="Print this many greedy validation summaries (with the true user description) per validation.",
     )
+    section_defaults: ClassVar[dict[str, dict]] = PLUS_SECTION_DEFAULTS
 
     @property
     def rollout_batch(self) -> int:
@@ -621,16 +493,12 @@ class PlusConfig(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _plus_section_defaults(cls, data):
-        """A partly given section (e.g. only rollout.max_new_tokens) keeps PLUS's defaults for the rest."""
-        if isinstance(data, dict):
-            for key, default in (
-                ("rollout", {"n_samples": 4}),
-                ("rm", {"conditioning": "summary"}),
-                ("deepspeed", {"num_ranks": 1}),
-            ):
-                if isinstance(data.get(key), dict):
-                    data = {**data, key: {**default, **data[key]}}
+    def _removed_keys(cls, data):
+        if isinstance(data, dict) and "eval_backend" in data:
+            raise ValueError(
+                "eval_backend was removed: validation samples greedy summaries through the rollout engine "
+                "(rollout.backend); delete the key"
+            )
         return data
 
     @model_validator(mode="after")
@@ -657,192 +525,5 @@ class PlusConfig(StrictModel):
             raise ValueError(
                 f"policy.minibatch_size ({self.policy.minibatch_size}) must divide users_per_iter × rollout.n_samples "
                 f"({n}) and be divisible by deepspeed.num_ranks ({ranks})"
-            )
-        return self
-
-
-# ------------------------------------------------------------------------------------ Ray Serve
-
-
-class ServeDeployment(StrictModel):
-    """Replicas and resources of one Ray Serve deployment."""
-
-    num_replicas: int = Field(1, ge=1, description="Replicas of this deployment (each a Ray actor).")
-    max_ongoing_requests: int = Field(
-        32, ge=1, description="Requests one replica holds at once; more wait in the caller's queue."
-    )
-    resources: ActorResources = Field(default_factory=ActorResources, description="Resources of EACH replica.")
-
-
-class BatchedServeDeployment(ServeDeployment):
-    """A model deployment whose replicas batch concurrent requests (``serve.batch``)."""
-
-    max_batch_size: int = Field(
-        8,
-        ge=1,
-        description="Largest batch one forward pass takes (summarizer: contexts; reward model: "
-        "responses, summed over the batched requests).",
-    )
-    batch_wait_timeout_s: float = Field(
-        0.01, ge=0, description="How long a replica waits for more requests to fill a batch, seconds."
-    )
-
-
-_SERVE_DEPLOYMENT_DEFAULTS = {
-    "ingress": {"max_ongoing_requests": 64, "resources": {"num_cpus": 0.25}},
-    "summarizer": {"max_ongoing_requests": 32, "max_batch_size": 8, "batch_wait_timeout_s": 0.02},
-    "reward_model": {"max_ongoing_requests": 64, "max_batch_size": 64, "batch_wait_timeout_s": 0.005},
-}
-
-
-def _with_defaults(defaults: dict, given: dict) -> dict:
-    """``given`` over ``defaults``, nested dicts merged key by key."""
-    out = dict(defaults)
-    for key, value in given.items():
-        out[key] = (
-            _with_defaults(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        )
-    return out
-
-
-class ServeDeployments(StrictModel):
-    """The three deployments of the Serve app: HTTP ingress, summarizer, reward model."""
-
-    ingress: ServeDeployment = Field(
-        default_factory=lambda: ServeDeployment(**_SERVE_DEPLOYMENT_DEFAULTS["ingress"]),
-        description="FastAPI ingress (auth, limits, summary store); light, no model.",
-    )
-    summarizer: BatchedServeDeployment = Field(
-        default_factory=lambda: BatchedServeDeployment(**_SERVE_DEPLOYMENT_DEFAULTS["summarizer"]),
-        description="The summarizer LLM (rollout.backend); max_batch_size counts contexts.",
-    )
-    reward_model: BatchedServeDeployment = Field(
-        default_factory=lambda: BatchedServeDeployment(**_SERVE_DEPLOYMENT_DEFAULTS["reward_model"]),
-        description="The personalized reward model; max_batch_size counts responses (sequences per forward).",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _partial_sections_keep_defaults(cls, data):
-        """A partly given deployment (e.g. only reward_model.num_replicas) keeps the defaults above for the rest."""
-        if isinstance(data, dict):
-            data = {
-                k: _with_defaults(_SERVE_DEPLOYMENT_DEFAULTS[k], v)
-                if k in _SERVE_DEPLOYMENT_DEFAULTS and isinstance(v, dict)
-                else v
-                for k, v in data.items()
-            }
-        return data
-
-
-class ServeLimits(StrictModel):
-    """Request limits of the HTTP API. Over a limit: 413 (body) or 422 naming the field."""
-
-    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body, bytes (413 above).")
-    max_text_chars: int = Field(
-        8000, ge=1, description="Longest single text (prompt, response, summary, context item), characters."
-    )
-    max_responses: int = Field(
-        16, ge=1, description="Responses per /v1/rewards request (at most deployments.reward_model.max_batch_size)."
-    )
-    max_context_pairs: int = Field(64, ge=0, description="Labelled pairs per request context.")
-    max_context_messages: int = Field(64, ge=0, description="Conversation messages per request context.")
-    max_user_id_chars: int = Field(128, ge=1, description="Longest user id (letters, digits and . _ : @ -).")
-
-
-class ServeAuth(StrictModel):
-    """Bearer-token auth on every route but /healthz."""
-
-    token_env: str = Field(
-        "RLHF_SERVE_TOKEN",
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="Environment variable that holds the token (read where the app is built).",
-    )
-    token: Optional[SecretStr] = Field(
-        None,
-        description="The token itself; overrides token_env. Prefer the environment: config files get shared.",
-    )
-    public_docs: bool = Field(
-        False,
-        description="Serve /docs and /openapi.json without a token (a browser cannot send one to /docs).",
-    )
-
-
-_SERVE_ROLLOUT_DEFAULTS = {"backend": "hf", "temperature": 0.0, "n_samples": 1}
-
-
-class ServeConfig(StrictModel):
-    """`serve run deploy.serve:build_app run_dir=RUN [key=value ...]`: the personalized reward endpoint.
-
-    Models come from a run directory (jobs.plus: best/summarizer + best/reward_model; jobs.train_rm:
-    best/ + its models.summarizer) and/or explicit checkpoint paths in models.* (which win).
-    """
-
-    run_dir: Optional[str] = Field(
-        None,
-        description="Run directory of jobs.plus or jobs.train_rm (config.yaml + best/ or last/).",
-    )
-    checkpoint: Literal["best", "last"] = Field(
-        "best", description="Which checkpoint of run_dir (best falls back to last with a notice)."
-    )
-    models: ModelsConfig = Field(
-        default_factory=ModelsConfig,
-        description="Explicit checkpoint paths (override run_dir's) and dtype.",
-    )
-    conditioning: Optional[Literal["bt", "oracle", "context", "summary"]] = Field(
-        None,
-        description="What the reward model reads before the prompt. Default: the run's rm.conditioning "
-        "(PLUS: summary); 'summary' without a run. oracle and summary runs read the summary text; context "
-        "runs read a request's raw context; bt reads nothing.",
-    )
-    max_length: Optional[int] = Field(
-        None,
-        ge=16,
-        description="Longest reward input, tokens (default: the run's rm.max_length, else 512).",
-    )
-    truncation_side: Optional[Literal["left", "right"]] = Field(
-        None,
-        description="Which end of a too-long reward input is cut (default: the run's, else left).",
-    )
-    rollout: RolloutConfig = Field(
-        default_factory=lambda: RolloutConfig(**_SERVE_ROLLOUT_DEFAULTS),
-        description="How the summarizer writes a summary: backend hf (default) or vllm, greedy by default; "
-        "n_samples must be 1; batch_size is not used (deployments.summarizer.max_batch_size is).",
-    )
-    seed: int = Field(0, description="Seed of sampled summaries and of an untrained reward head (smoke tests).")
-    store_path: str = Field(
-        "runs/serve/summaries.sqlite",
-        description="SQLite file of stored user summaries (created if missing; on "
-        "a multi-node cluster a path every ingress replica's node can reach).",
-    )
-    deployments: ServeDeployments = Field(
-        default_factory=ServeDeployments, description="Replicas, resources, batching."
-    )
-    limits: ServeLimits = Field(default_factory=ServeLimits, description="Request limits of the HTTP API.")
-    auth: ServeAuth = Field(default_factory=ServeAuth, description="Bearer-token auth.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _serve_rollout_defaults(cls, data):
-        """A partly given rollout section keeps serving's defaults (hf, greedy, one sample)."""
-        if isinstance(data, dict) and isinstance(data.get("rollout"), dict):
-            data = {**data, "rollout": {**_SERVE_ROLLOUT_DEFAULTS, **data["rollout"]}}
-        return data
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ServeConfig:
-        if not self.run_dir and not self.models.reward_model:
-            raise ValueError(
-                "give run_dir (a jobs.plus or jobs.train_rm run) or models.reward_model (a checkpoint path)"
-            )
-        if self.rollout.n_samples != 1:
-            raise ValueError(
-                f"rollout.n_samples must be 1 when serving (one summary per request), got {self.rollout.n_samples}"
-            )
-        batch = self.deployments.reward_model.max_batch_size
-        if self.limits.max_responses > batch:
-            raise ValueError(
-                f"limits.max_responses ({self.limits.max_responses}) must be at most "
-                f"deployments.reward_model.max_batch_size ({batch}): one request's responses go in one forward pass"
             )
         return self

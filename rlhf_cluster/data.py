@@ -54,21 +54,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from rlhf_cluster.plus_format import PLUS_KEYS, PLUS_TRIPLES, RowProblem, describe_kind, describe_value, plus_rows
 from rlhf_cluster.schema import EXAMPLE_SCHEMA, MESSAGE_ROLES, REQUIRED_FIELDS
 
 log = logging.getLogger(__name__)
 
+Format = Literal["auto", "rlhf_cluster", "plus"]
+
 SPLIT_SUFFIXES = (".parquet", ".jsonl")
 TEXT_FIELDS = ("user_id", "prompt", "chosen", "rejected")
-PLUS_TRIPLES = {  # role -> (prompt key, chosen keys, rejected keys); the first key present is used
-    "reward": ("reward_prompt", ("chosen", "reward_chosen"), ("rejected", "reward_rejected")),
-    "train": ("train_prompt", ("train_chosen",), ("train_rejected",)),
-    "eval": ("eval_prompt", ("eval_chosen",), ("eval_rejected",)),
-}
-PLUS_KEYS = {"user_id", "context", "context_messages", "split", "user_description"} | {
-    k for p, c, r in PLUS_TRIPLES.values() for k in (p, *c, *r)
-}
-Format = Literal["auto", "rlhf_cluster", "plus"]
 
 
 class DataError(ValueError):
@@ -236,7 +230,7 @@ def _load(path: Path, limit: int | None) -> _Source:
         except json.JSONDecodeError as err:
             raise DataError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
         if not isinstance(records, list):
-            raise DataError(f"{path}: expected a JSON array of row objects, got {_kind(records)}")
+            raise DataError(f"{path}: expected a JSON array of row objects, got {describe_kind(records)}")
         return _with_columns(_Source(path, [], records=records[:limit]))
     raise DataError(f"{path}: unsupported file type '{path.suffix}' (use .parquet, .jsonl or .json)")
 
@@ -266,7 +260,7 @@ def _with_columns(src: _Source) -> _Source:
         if isinstance(rec, dict):
             seen.update(dict.fromkeys(rec))
         elif i not in src.bad_json:
-            src.bad_json[i] = f"expected a JSON object, got {_kind(rec)}"
+            src.bad_json[i] = f"expected a JSON object, got {describe_kind(rec)}"
     src.columns = list(seen)
     return src
 
@@ -292,12 +286,6 @@ def _detect_format(src: _Source, fmt: Format) -> str:
 
 
 # ------------------------------------------------------------------------------ rows → Arrow
-
-
-class _RowProblem(Exception):
-    def __init__(self, field_: str, reason: str):
-        super().__init__(reason)
-        self.field, self.reason = field_, reason
 
 
 @dataclass
@@ -345,12 +333,12 @@ def _from_records(src: _Source, make_rows: Callable[[dict, int], list[tuple[str,
     for i, rec in enumerate(src.records):
         try:
             if i in src.bad_json:
-                raise _RowProblem("<json>", src.bad_json[i])
+                raise RowProblem("<json>", src.bad_json[i])
             made = make_rows(rec, i)
             for _, row, name_map in made:
                 if err := _type_error(row):
-                    raise _RowProblem(_rename(err[0], name_map), err[1])
-        except _RowProblem as p:
+                    raise RowProblem(_rename(err[0], name_map), err[1])
+        except RowProblem as p:
             problems[i] = src.problem(i, p.field, p.reason)
             continue
         for role, row, name_map in made:
@@ -382,7 +370,10 @@ def _checker(typ: pa.DataType) -> Callable[[Any], tuple[str, str] | None]:
             if v is None:
                 return None
             if type(v) is not list:
-                return "", f"expected a list of {_type_words(typ.value_type)}, got {_kind(v)} {_short(v)}"
+                return (
+                    "",
+                    f"expected a list of {_type_words(typ.value_type)}, got {describe_kind(v)} {describe_value(v)}",
+                )
             for k, x in enumerate(v):
                 if (err := item(x)) is not None:
                     return f"[{k}]{err[0]}", err[1]
@@ -396,7 +387,7 @@ def _checker(typ: pa.DataType) -> Callable[[Any], tuple[str, str] | None]:
             if v is None:
                 return None
             if type(v) is not dict:
-                return "", f"expected an object {{{', '.join(typ.names)}}}, got {_kind(v)} {_short(v)}"
+                return "", f"expected an object {{{', '.join(typ.names)}}}, got {describe_kind(v)} {describe_value(v)}"
             if not v.keys() <= names:
                 unknown = ", ".join(map(str, v.keys() - names))
                 return "", f"unknown key(s) {unknown} (expected {', '.join(typ.names)})"
@@ -413,7 +404,9 @@ def _checker(typ: pa.DataType) -> Callable[[Any], tuple[str, str] | None]:
         if pa.types.is_boolean(typ)
         else (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
     )
-    return lambda v: None if v is None or ok(v) else ("", f"expected {_type_words(typ)}, got {_kind(v)} {_short(v)}")
+    return lambda v: (
+        None if v is None or ok(v) else ("", f"expected {_type_words(typ)}, got {describe_kind(v)} {describe_value(v)}")
+    )
 
 
 def _conform_table(table: pa.Table, path: Path) -> pa.Table:
@@ -453,82 +446,7 @@ def _from_plus(src: _Source, pairs: tuple[str, ...], report: ReadReport) -> _Can
     _warn_ignored(src.path, report.ignored_columns)
     if src.records is None:
         src.records = src.table.to_pylist()
-    return _from_records(src, lambda rec, i: _plus_rows(rec, pairs, f"{src.path.stem}/{i}"))
-
-
-def _plus_rows(rec: dict, pairs: tuple[str, ...], default_user: str) -> list[tuple[str, dict, dict]]:
-    """(role, our row, our column -> PLUS column) for each available target triple of one PLUS row."""
-    user = rec.get("user_id", default_user)
-    pairs_ctx, messages = _plus_context(rec)
-    base = {
-        "user_id": str(user) if isinstance(user, int) and not isinstance(user, bool) else user,
-        "context": pairs_ctx,
-        "context_messages": messages,
-        "split": rec.get("split"),
-        "user_description": rec.get("user_description"),
-    }
-    out, seen = [], set()
-    for role in pairs:
-        pk, cks, rks = PLUS_TRIPLES[role]
-        if rec.get(pk) is None:
-            continue
-        ck = next((k for k in cks if k in rec), cks[0])
-        rk = next((k for k in rks if k in rec), rks[0])
-        target = (_plus_prompt(rec[pk], pk), _plus_response(rec.get(ck), ck), _plus_response(rec.get(rk), rk))
-        if repr(target) in seen:
-            continue
-        seen.add(repr(target))
-        row = {**base, **dict(zip(("prompt", "chosen", "rejected"), target))}
-        out.append((role, row, {"prompt": pk, "chosen": ck, "rejected": rk}))
-    if not out:
-        wanted = ", ".join(PLUS_TRIPLES[r][0] for r in pairs)
-        raise _RowProblem(PLUS_TRIPLES[pairs[0]][0], f"no target pair: none of {wanted} is set")
-    return out
-
-
-def _plus_context(rec: dict) -> tuple[Any, list]:
-    """(our context pairs, our context messages) from PLUS ``context`` / ``context_messages``."""
-    ctx = rec.get("context")
-    if isinstance(ctx, list) and ctx and all(isinstance(c, dict) and "prompt" in c for c in ctx):
-        pairs, ctx = ctx, None  # labelled pairs: the one shape that maps to our `context`
-    else:
-        pairs = []
-    if rec.get("context_messages") is not None:
-        return pairs, _plus_messages(rec["context_messages"], "context_messages")
-    return pairs, _plus_messages(ctx, "context")
-
-
-def _plus_messages(value: Any, key: str) -> list[dict]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [{"role": "user", "content": value}]
-    if isinstance(value, list) and all(isinstance(v, list) for v in value):
-        value = [m for conversation in value for m in conversation]  # a list of conversations
-    if isinstance(value, list) and all(isinstance(m, dict) for m in value):
-        return [{"role": m.get("role"), "content": m.get("content")} for m in value]
-    raise _RowProblem(
-        key,
-        f"expected a list of {{role, content}} messages, a list of conversations or a "
-        f"string, got {_kind(value)} {_short(value)}",
-    )
-
-
-def _plus_prompt(value: Any, key: str) -> Any:
-    if not isinstance(value, list):
-        return value
-    users = [m.get("content") for m in value if isinstance(m, dict) and m.get("role") == "user"]
-    if len(users) != 1 or not all(isinstance(m, dict) and m.get("role") in ("user", "system") for m in value):
-        raise _RowProblem(key, "a prompt given as messages must be one user turn (optionally with system)")
-    return users[0]
-
-
-def _plus_response(value: Any, key: str) -> Any:
-    if not isinstance(value, list):
-        return value
-    if not value or not isinstance(value[-1], dict):
-        raise _RowProblem(key, "a response given as messages must end with a {role, content} message")
-    return value[-1].get("content")
+    return _from_records(src, lambda rec, i: plus_rows(rec, pairs, f"{src.path.stem}/{i}"))
 
 
 # ------------------------------------------------------------------------------- value checks
@@ -674,66 +592,5 @@ def _type_words(typ: pa.DataType) -> str:
     return {"string": "a string", "bool": "true/false", "double": "a number"}.get(str(typ), str(typ))
 
 
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a bool", type(None): "null"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return f"({text[:40]}…)" if len(text) > 40 else f"({text})"
-
-
 _LOOSE = pa.schema([pa.field(f.name, _loosen(f.type)) for f in EXAMPLE_SCHEMA])
 _ROW_CHECKS = [(f.name, _checker(f.type)) for f in EXAMPLE_SCHEMA]
-
-
-def epoch_batches(n_rows: int, batch_size: int, steps: int, seed: int):
-    """Row indices of each step's batch: shuffled epochs, reshuffled every pass (seeded), so a rerun —
-    or a resumed run replaying the first k steps — sees the same order."""
-    rng = np.random.default_rng(seed)
-    order, pos = rng.permutation(n_rows), 0
-    for _ in range(steps):
-        if pos + batch_size > n_rows:
-            order, pos = rng.permutation(n_rows), 0
-        yield order[pos : pos + batch_size]
-        pos += batch_size
-
-
-def same_user_pair_rows(examples: pa.Table) -> list[np.ndarray]:
-    """For each row i, the rows of the same user whose target pair is not one of row i's context pairs:
-    the held-out pairs a reward model may train on conditioned on a summary of row i's context.
-
-    Rows of a user that share a context share one array (generated datasets give a user one context).
-    Row i itself is a candidate unless its own target pair is in its context."""
-    users = examples.column("user_id").to_pylist()
-    targets = list(zip(*(examples.column(k).to_pylist() for k in ("prompt", "chosen", "rejected"))))
-    contexts = [
-        tuple((p["prompt"], p["chosen"], p["rejected"]) for p in ctx) for ctx in examples.column("context").to_pylist()
-    ]
-    rows_of: dict[str, list[int]] = {}
-    for i, user in enumerate(users):
-        rows_of.setdefault(user, []).append(i)
-    shared: dict[tuple, np.ndarray] = {}
-    out = []
-    for i, user in enumerate(users):
-        key = (user, contexts[i])
-        if key not in shared:
-            in_context = set(contexts[i])
-            shared[key] = np.array([s for s in rows_of[user] if targets[s] not in in_context], dtype=np.int64)
-        out.append(shared[key])
-    return out
-
-
-def draw_same_user_rows(candidates: list[np.ndarray], rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """rows[k] → a row drawn from candidates[rows[k]]. Rows repeated in `rows` (one user context's several
-    sampled summaries) get distinct draws while the candidates last; a row without candidates keeps itself."""
-    rows = np.asarray(rows, dtype=np.int64)
-    out = rows.copy()
-    for row in np.unique(rows):
-        where = np.flatnonzero(rows == row)
-        pool = candidates[row]
-        if len(pool):
-            out[where] = rng.choice(pool, size=len(where), replace=len(pool) < len(where))
-    return out

@@ -1,12 +1,13 @@
 """DeepSpeed data parallelism inside Ray actors: the config dict, process-group setup, a rank base class.
 
 One DeepSpeed rank = one Ray actor; ``rlhf_cluster.worker_group.WorkerGroup`` starts N of them in a
-placement group and hands each its rank, the world size and rank 0's address and a free port. An
-actor class for a role (``actors.reward_model.RewardModelRank`` now, the summarizer policy later)
-subclasses ``DeepSpeedRank`` and gets: process-group init (gloo on CPU, NCCL on GPU), the engine
-(``deepspeed.initialize`` with AdamW + linear warmup + clipping, ZeRO stage from config), a ``_step``
-that refuses a non-finite loss before anything is updated, and full-parameter access for saving and
-checksums (gathered under ZeRO-3).
+placement group and hands each its rank, the world size and rank 0's address and a free port. Every
+trained role (``actors.policy.PolicyRank``, ``actors.critic.CriticRank``, ``actors.reward_model.
+RewardModelRank``) subclasses ``DeepSpeedRank`` and gets: process-group init (gloo on CPU, NCCL on GPU),
+the tokenizer, the engine (``deepspeed.initialize`` with AdamW + linear warmup + clipping, ZeRO stage from
+config) around the role's module, a ``_step`` that refuses a non-finite loss before anything is
+updated, HF save/load, exact-resume state, and full-parameter access for weights, saving and checksums
+(gathered under ZeRO-3). The role adds its module, its loss and its scoring methods.
 
 DeepSpeed picks its accelerator when first imported, from ``DS_ACCELERATOR``; the worker group sets
 ``DS_ACCELERATOR=cpu`` in the actor's environment when the rank has no GPU. deepspeed is therefore
@@ -159,13 +160,87 @@ def set_rng_state(state: dict) -> None:
 class DeepSpeedRank:
     """Base of a Ray actor class that is one DeepSpeed data-parallel rank (plain class; subclass + @ray.remote).
 
-    A subclass calls ``_init_distributed`` then ``_build_engine(model, optim, global_batch_size)`` in
-    its ``__init__``, computes its loss on its shard in ``train_step`` and calls ``_step(loss)``.
+    Every role (summarizer policy, critic, reward model) starts the same way: process group, tokenizer,
+    engine around the role's module; saves, loads and checksums the same way. A role adds only what
+    differs: ``_module(path)`` (its model, wrapped so that the engine's forward is the role's forward),
+    ``_optim()`` when it is not ``train.optim``, and its ``train_step`` (loss on this rank's shard, then
+    ``_step(loss)``) and scoring methods. Class attributes say the rest: ``padding_side`` of its tokenizer,
+    ``init_seed_offset`` (a fresh head's init seed: the same on every rank), ``eval_mode`` (no dropout,
+    so the same tokens give the same values on every call).
     """
 
     rank: int
     world_size: int
     engine = None
+    padding_side = "left"
+    init_seed_offset = 0
+    eval_mode = True
+
+    def __init__(
+        self,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        *,
+        model_path: str,
+        train,
+        ds: DeepSpeedConfig,
+        seed: int,
+        global_batch_size: int,
+        dtype: str = "float32",
+    ):
+        from rlhf_cluster.models import load_tokenizer
+
+        t0 = time.perf_counter()
+        self._init_distributed(rank, world_size, master_addr, master_port, ds)
+        self.cfg, self.seed, self.global_batch_size, self.dtype = train, seed, global_batch_size, dtype
+        self.tokenizer = load_tokenizer(model_path, padding_side=self.padding_side)
+        self._build(model_path)
+        self.startup_s = time.perf_counter() - t0
+
+    def _module(self, path: str) -> torch.nn.Module:
+        """The role's model from the HF checkpoint at ``path``, its forward the role's forward."""
+        raise NotImplementedError
+
+    def _optim(self) -> OptimConfig:
+        return self.cfg.optim
+
+    def _build(self, path: str) -> None:
+        """A fresh engine (optimizer, LR schedule) around the checkpoint at ``path``."""
+        torch.manual_seed(self.seed + self.init_seed_offset)
+        self._build_engine(self._module(path), self._optim(), self.global_batch_size)
+        if self.eval_mode:
+            self.engine.eval()
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        """The HF model inside the engine (HF parameter names; what ``save`` writes)."""
+        return self.engine.module.model
+
+    def save(self, path: str) -> str:
+        """Rank 0 writes the HF checkpoint (every rank must call: ZeRO-3 gathers); refuses non-finite weights."""
+        return self._save_hf(path, self.hf_model, self.tokenizer)
+
+    def load(self, path: str) -> None:
+        """Weights of the HF checkpoint at ``path`` in a fresh engine: the optimizer state and LR warmup
+        start over (an HF checkpoint holds neither)."""
+        self._build(path)
+
+    def state_dict_bytes(self) -> bytes:
+        """Rank 0: the HF-named state dict as ``vllm_extension.state_dict_to_bytes`` bytes (what a rollout
+        engine loads); other ranks: b"". Every rank must call (ZeRO-3 gathers)."""
+        from rlhf_cluster.vllm_extension import state_dict_to_bytes
+
+        with self._full_params():
+            return state_dict_to_bytes(self.hf_model) if self.rank == 0 else b""
+
+    def _global_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` summed over the ranks (a float tensor on this rank's device)."""
+        total = value.detach().float().to(self.device).clone()
+        if self.world_size > 1:
+            torch.distributed.all_reduce(total)
+        return total
 
     def _init_distributed(
         self, rank: int, world_size: int, master_addr: str, master_port: int, ds: DeepSpeedConfig
@@ -303,7 +378,8 @@ class DeepSpeedRank:
             bad = [n for n, p in hf_model.named_parameters() if not torch.isfinite(p).all()]
             if bad:
                 raise NonFiniteLossError(
-                    f"refusing to save {path}: non-finite weights in {len(bad)} tensors (first: {bad[0]}) at step {self.global_step}"
+                    f"refusing to save {path}: non-finite weights in {len(bad)} tensors (first: {bad[0]}) at "
+                    f"step {self.global_step}"
                 )
 
             def write(tmp: Path) -> None:

@@ -28,7 +28,9 @@ class Sample:
 
 
 class Engine(Protocol):
-    def generate(self, prompts: Sequence[Sequence[int]], seeds: Sequence[int | None]) -> list[list[Sample]]: ...
+    def generate(
+        self, prompts: Sequence[Sequence[int]], seeds: Sequence[int | None], greedy: bool = False
+    ) -> list[list[Sample]]: ...
 
     def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> list[list[float]]: ...
 
@@ -76,14 +78,18 @@ class VllmEngine:
             **kwargs,
         )
 
-    def generate(self, prompts, seeds):
+    def generate(self, prompts, seeds, greedy: bool = False):
+        """``cfg.n_samples`` samples per prompt at ``cfg.temperature`` / ``cfg.top_p``; ``greedy``: one
+        argmax completion per prompt (validation) — sampling settings are per request in vLLM, so one
+        engine serves both."""
         from vllm.inputs import TokensPrompt
 
+        n, temperature, top_p = (1, 0.0, 1.0) if greedy else (self.cfg.n_samples, self.cfg.temperature, self.cfg.top_p)
         params = [
             self._SamplingParams(
-                n=self.cfg.n_samples,
-                temperature=self.cfg.temperature,
-                top_p=self.cfg.top_p,
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
                 max_tokens=self.cfg.max_new_tokens,
                 logprobs=0,  # the sampled token's logprob only
                 seed=s,
@@ -147,8 +153,8 @@ class HfEngine:
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
 
     @torch.no_grad()
-    def generate(self, prompts, seeds):
-        return [self._generate_one(p, s) for p, s in zip(prompts, seeds)]
+    def generate(self, prompts, seeds, greedy: bool = False):
+        return [self._generate_one(p, s, greedy) for p, s in zip(prompts, seeds)]
 
     @torch.no_grad()
     def score(self, prompts, continuations):
@@ -168,10 +174,11 @@ class HfEngine:
     def weights_checksum(self) -> float:
         return float(sum(p.detach().double().sum().item() for p in self.model.parameters()))
 
-    def _generate_one(self, prompt: Sequence[int], seed: int | None) -> list[Sample]:
+    def _generate_one(self, prompt: Sequence[int], seed: int | None, greedy: bool) -> list[Sample]:
         torch.manual_seed(self.seed if seed is None else seed)
-        ids = torch.tensor([list(prompt)], dtype=torch.long, device=self.device).repeat(self.cfg.n_samples, 1)
-        greedy = self.cfg.temperature == 0
+        n = 1 if greedy else self.cfg.n_samples
+        greedy = greedy or self.cfg.temperature == 0
+        ids = torch.tensor([list(prompt)], dtype=torch.long, device=self.device).repeat(n, 1)
         out = self.model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),

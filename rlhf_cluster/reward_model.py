@@ -54,7 +54,8 @@ def conditioning_texts(
     if mode == "summary":
         if summaries is None or len(summaries) != n:
             raise ValueError(
-                f"conditioning=summary needs one summary per example ({n}), got {None if summaries is None else len(summaries)}"
+                f"conditioning=summary needs one summary per example ({n}), got "
+                f"{None if summaries is None else len(summaries)}"
             )
         return list(summaries)
     raise ValueError(f"unknown conditioning mode {mode!r}; expected bt, oracle, context or summary")

@@ -182,13 +182,38 @@ def combine_metrics(per_rank: list[dict]) -> dict:
 
 
 class DeepSpeedGroupHandle:
-    """What every driver-side handle on a group of DeepSpeedRank actors shares: start-up, save, load,
-    checksums and shutdown, as explicit methods. Subclasses add their role's own (train_step, score …).
+    """The driver's handle on ``ds.num_ranks`` rank actors of one role: start-up, save, load, checksums,
+    weights and shutdown, as explicit methods. A role's group names its rank class (``rank_cls``), its
+    ``role`` and its default global batch, and adds its own methods (train_step, score …).
+
+    ``global_batch_size`` (default: the role's) is the rows per optimizer step over all ranks; each rank
+    takes an equal contiguous slice of every train batch.
     """
 
-    def __init__(self, actor_cls, num_ranks: int, resources, name: str, **actor_kwargs):
+    rank_cls: Any = None
+    role = "deepspeed"
+
+    def __init__(
+        self,
+        model_path: str,
+        train,
+        ds,
+        resources: ActorResources,
+        seed: int = 0,
+        global_batch_size: int | None = None,
+        dtype: str = "float32",
+    ):
+        self.cfg, self.ds = train, ds
+        kwargs = dict(
+            model_path=str(model_path),
+            train=train,
+            ds=ds,
+            seed=seed,
+            global_batch_size=global_batch_size or self.default_batch_size(train),
+            dtype=dtype,
+        )
         for attempt in range(1, RENDEZVOUS_ATTEMPTS + 1):
-            self.group = WorkerGroup(actor_cls, num_ranks, resources, name=name, **actor_kwargs)
+            self.group = WorkerGroup(self.rank_cls, ds.num_ranks, resources, name=self.role, **kwargs)
             try:
                 self.info = self.group.gather([w.info.remote() for w in self.ranks])  # raises a constructor's error
                 return
@@ -197,10 +222,32 @@ class DeepSpeedGroupHandle:
                 if attempt == RENDEZVOUS_ATTEMPTS or not port_was_taken(e):
                     raise
                 print(
-                    f"{name}: the rendezvous port was taken before rank 0 listened on it; starting the "
+                    f"{self.role}: the rendezvous port was taken before rank 0 listened on it; starting the "
                     f"group again on a fresh port (attempt {attempt + 1} of {RENDEZVOUS_ATTEMPTS})",
                     flush=True,
                 )
+
+    @staticmethod
+    def default_batch_size(train) -> int:
+        raise NotImplementedError
+
+    def _train_step(self, batch: pa.Table, where: str) -> dict:
+        """``train_step`` on an even shard per rank (all ranks step together); the ranks' metrics combined."""
+        shards = split_even(batch, len(self.ranks), where)
+        return combine_metrics(self.group.gather([w.train_step.remote(s) for w, s in zip(self.ranks, shards)]))
+
+    def state_dict_ref(self) -> ray.ObjectRef:
+        """Rank 0's weights (``state_dict_to_bytes``) as an object reference, once every other rank has
+        returned. Pass it to another actor (``RolloutActor.update_weights.remote(ref, v)``): the bytes go
+        from rank 0 through the object store to that actor, never through the driver. A failure on
+        rank 0 is raised by the call that receives the reference."""
+        refs = [w.state_dict_bytes.remote() for w in self.ranks]  # every rank calls (ZeRO-3 gathers)
+        self.group.gather(refs[1:])  # b"" each
+        return refs[0]
+
+    def state_dict_bytes(self) -> bytes:
+        """The weights as ``state_dict_to_bytes`` bytes, fetched to the caller (tests, tools)."""
+        return ray.get(self.state_dict_ref())
 
     @property
     def ranks(self) -> list:

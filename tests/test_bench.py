@@ -91,9 +91,11 @@ def test_run_group_kills_the_children_past_its_timeout():
 
 
 @pytest.mark.slow
-def test_quick_suite_measures_every_benchmark_and_renders_a_report(tmp_path):
+def test_quick_suite_measures_every_benchmark_and_renders_a_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHF_BENCH_WORK", str(tmp_path / "runs"))  # demo data, models, scratch: not the checkout
     proc = run_group([sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path)], timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert (tmp_path / "runs" / "demo" / "models" / "models.json").is_file()
     results = json.loads(next(tmp_path.glob("*-quick.json")).read_text())
     assert not results["failed"], results["failed"]
     parts = results["parts"]
@@ -114,6 +116,8 @@ def test_quick_suite_measures_every_benchmark_and_renders_a_report(tmp_path):
     assert rig["rollout"]["kv_cache"]["sized_from_config"]  # 8: KV cache from rollout.kv_cache_gib
     ws = rig["weight_sync"]  # 2
     assert ws["bytes"] > 0 and 0 < ws["share_of_iteration"] < 1 and ws["engine_load_s"] > 0
+    paths = ws["paths"]  # weights skip the driver: it never holds the blob, the former path does
+    assert paths["direct"]["driver_peak_bytes"] < ws["bytes"] / 4 <= paths["via_driver"]["driver_peak_bytes"]
     ar = rig["arrow"]  # 3
     assert {t["table"] for t in ar["transfers"]} >= {
         "requests",

@@ -6,8 +6,9 @@ import sys
 import pytest
 from conftest import ROOT
 
+from rlhf_cluster.builder_config import MakeDataConfig
 from rlhf_cluster.cli import ConfigError, help_text, load_config
-from rlhf_cluster.config import MakeDataConfig, SummarizeConfig
+from rlhf_cluster.config import SummarizeConfig
 
 BASE = ["data.dir=d", "models.summarizer=m"]
 
@@ -115,3 +116,28 @@ def test_every_shipped_config_validates(path):
 
     name = CONFIG_MODELS.get(path.name) or {"plus": "PlusConfig", "rm": "TrainRMConfig"}[path.name.split("_")[0]]
     load_config(getattr(config_module, name), ["--config", str(path)])
+
+
+def test_a_partly_given_section_keeps_the_jobs_own_defaults():
+    from rlhf_cluster.config import PlusConfig, merge_defaults
+    from rlhf_cluster.serve_config import ServeConfig
+
+    base = {"data": {"dir": "d"}, "models": {"summarizer": "s", "reward_model": "r"}}
+    plus = PlusConfig(**base, rollout={"max_new_tokens": 7}, deepspeed={"zero_stage": 3})
+    assert (plus.rollout.n_samples, plus.rollout.max_new_tokens) == (4, 7)  # PLUS's 4, not RolloutConfig's 1
+    assert (plus.deepspeed.num_ranks, plus.deepspeed.zero_stage) == (1, 3)
+    assert PlusConfig(**base).rollout.n_samples == 4 and PlusConfig(**base).rm.conditioning == "summary"
+    serve = ServeConfig(run_dir="r", deployments={"ingress": {"num_replicas": 2}}, rollout={"max_new_tokens": 9})
+    assert serve.deployments.ingress.resources.num_cpus == 0.25 and serve.deployments.ingress.num_replicas == 2
+    assert (serve.rollout.backend, serve.rollout.temperature, serve.rollout.max_new_tokens) == ("hf", 0.0, 9)
+    # nested dicts merge key by key; a given scalar wins
+    assert merge_defaults({"a": {"x": 1, "y": 2}, "b": 3}, {"a": {"y": 5}, "b": 4}) == {"a": {"x": 1, "y": 5}, "b": 4}
+
+
+def test_removed_eval_backend_names_what_replaced_it():
+    from rlhf_cluster.config import PlusConfig
+
+    with pytest.raises(
+        ValueError, match="eval_backend was removed: validation samples greedy summaries through the rollout"
+    ):
+        PlusConfig(data={"dir": "d"}, models={"summarizer": "s", "reward_model": "r"}, eval_backend="hf")

@@ -11,15 +11,14 @@ import pytest
 
 from rlhf_cluster.data import (
     DataError,
-    draw_same_user_rows,
     list_splits,
     read_examples,
     read_examples_with_report,
     read_split,
-    same_user_pair_rows,
     split_path,
     write_examples,
 )
+from rlhf_cluster.sampling import draw_same_user_rows, same_user_pair_rows
 from rlhf_cluster.schema import EXAMPLE_SCHEMA
 
 PLUS_FIXTURE = Path(__file__).parent / "fixtures" / "plus_tiny.jsonl"

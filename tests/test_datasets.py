@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import make_data
-from rlhf_cluster.config import MakeDataConfig
+from rlhf_cluster.builder_config import MakeDataConfig
 from rlhf_cluster.datasets import generate, pair_key, personas, pets
 from rlhf_cluster.schema import EXAMPLE_SCHEMA
 

@@ -30,8 +30,8 @@ from transformers import (
 
 from jobs.make_models import make_models
 from rlhf_cluster import prompts
+from rlhf_cluster.builder_config import MakeModelsConfig, TinyModelOptions
 from rlhf_cluster.cli import load_config
-from rlhf_cluster.config import MakeModelsConfig, TinyModelOptions
 from rlhf_cluster.data import DataError
 from rlhf_cluster.models import (
     CheckpointError,

@@ -19,7 +19,6 @@ TINY = [
     "policy.minibatch_size=8",
     "eval_every=3",
     "eval_limit=8",
-    "eval_backend=hf",
     "rollout.backend=vllm",
     "rollout.max_new_tokens=12",
     "rollout.kv_cache_gib=0.1",

@@ -345,6 +345,24 @@ def test_state_dict_bytes_and_save_reproduce_the_policy(policy2, summarizer, rol
 
 
 @pytest.mark.slow
+def test_weights_go_from_rank_0_to_the_rollout_actor_by_reference(ray_local, policy2, summarizer, rollout):
+    """The sync jobs run: rank 0's object reference handed to the rollout actor (Ray resolves it there,
+    the driver never holds the bytes); the engine then scores the summaries as the policy does."""
+    from actors.rollout import RolloutActor
+    from rlhf_cluster.config import RolloutConfig
+
+    actor = RolloutActor.options(num_cpus=0.5).remote(summarizer, RolloutConfig(backend="hf", max_model_len=512))
+    ref = policy2.state_dict_ref()
+    assert isinstance(ref, ray_local.ObjectRef)
+    info = ray_local.get(actor.update_weights.remote(ref, 3))
+    assert info["weight_version"] == 3 and info["bytes"] > 0
+    prompts, summaries = rollout.column("prompt_token_ids").to_pylist(), rollout.column("summary_token_ids").to_pylist()
+    engine = ray_local.get(actor.score_tokens.remote(prompts, summaries))
+    assert torch.allclose(torch.tensor([x for row in engine for x in row]), _flat(policy2.logprobs(rollout)), atol=1e-5)
+    ray_local.kill(actor)
+
+
+@pytest.mark.slow
 def test_bad_batches_are_clear_errors(policy2, rollout):
     good = policy_batch(rollout.slice(0, 4), torch.ones(4))
     with pytest.raises(BatchError, match=r"PolicyGroup.train_step: batch schema mismatch \(missing \['advantages'\]"):

@@ -72,7 +72,23 @@ def test_rollout_actor_samples_summaries_with_logprobs(ray_local, tiny_models, b
         # the engine's logprobs are those of the raw model distribution, as the trainer computes them
         assert torch.allclose(torch.tensor(lps), ref, atol=1e-4), (lps, ref.tolist())
 
-    # same per-request seeds -> the same samples (reproducible rollouts)
+    # greedy validation runs through the same engine: one argmax summary per request, HF generate's
+    greedy = ray_local.get(actor.generate.remote(reqs, greedy=True))
+    assert greedy.num_rows == 3 and set(greedy["sample_index"].to_pylist()) == {0}
+    for row in greedy.to_pylist():
+        ids = torch.tensor([row["prompt_token_ids"]])
+        want = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=12,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.eos_token_id,
+        )[0, ids.shape[1] :].tolist()
+        assert row["summary_token_ids"] == want[: len(row["summary_token_ids"])]
+        assert len(row["summary_token_ids"]) == len(want) or want[len(row["summary_token_ids"]) - 1] == tok.eos_token_id
+
+    # same per-request seeds -> the same samples (reproducible rollouts), greedy requests in between or not
     again = ray_local.get(actor.generate.remote(reqs))
     assert again["summary_token_ids"].to_pylist() == out["summary_token_ids"].to_pylist()
     ray_local.kill(actor)

@@ -20,7 +20,8 @@ import requests
 
 from deploy.serve import config_from_args, has_reward_head, resolve_models, resolve_token
 from rlhf_cluster.cli import ConfigError, dump_yaml
-from rlhf_cluster.config import PlusConfig, ServeAuth, TrainRMConfig
+from rlhf_cluster.config import PlusConfig, TrainRMConfig
+from rlhf_cluster.serve_config import ServeAuth
 from rlhf_cluster.summary_store import SummaryStore
 
 TOKEN_ENV = "RLHF_TEST_SERVE_TOKEN"

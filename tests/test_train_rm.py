@@ -29,9 +29,12 @@ def test_train_rm_then_evaluate(tiny_data, tiny_models, tmp_path):
         f"models.reward_model={tiny_models / 'reward_model'}",
         f"run_dir={run}",
         "rm.conditioning=oracle",
+        "checkpoint_every=4",
         *TINY,
     )
     assert "best validation accuracy" in proc.stdout
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_000004"]
+    assert (run / "checkpoints" / "step_000004" / "config.json").is_file()
     for name in ("config.yaml", "metrics.jsonl", "best.json", "best/config.json", "last/config.json"):
         assert (run / name).exists(), name
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -96,7 +96,7 @@ def test_port_was_taken_reads_torchs_error():
 
 
 def test_combine_metrics():
-    from actors.reward_model import combine_metrics
+    from rlhf_cluster.worker_group import combine_metrics
 
     per_rank = [
         {"loss": 0.5, "accuracy": 1.0, "n_pairs": 4, "n_truncated": 1, "seconds": 0.2},
