@@ -22,8 +22,14 @@ from rlhf_cluster.config import RewardTrainConfig
 from rlhf_cluster.distributed import DeepSpeedRank
 from rlhf_cluster.losses import bradley_terry_loss, pairwise_accuracy
 from rlhf_cluster.models import load_reward_model
-from rlhf_cluster.reward_model import EncodedPairs, encode_pairs, sequence_rewards
-from rlhf_cluster.schema import REWARD_PAIR_SCHEMA, REWARD_SCORE_SCHEMA, check_batch
+from rlhf_cluster.reward_model import EncodedPairs, encode_pairs, encode_sequences, sequence_rewards
+from rlhf_cluster.schema import (
+    RESPONSE_REWARD_SCHEMA,
+    RESPONSE_SCHEMA,
+    REWARD_PAIR_SCHEMA,
+    REWARD_SCORE_SCHEMA,
+    check_batch,
+)
 from rlhf_cluster.worker_group import DeepSpeedGroupHandle
 
 
@@ -85,6 +91,20 @@ class RewardModelRank(DeepSpeedRank):
             schema=REWARD_SCORE_SCHEMA,
         )
 
+    @torch.no_grad()
+    def rewards(self, batch: pa.Table) -> pa.Table:
+        """r(prompt, response | conditioning) of each RESPONSE_SCHEMA row of the shard, in its order (eval
+        mode, no grad): the reward a response policy is trained on."""
+        check_batch(batch, RESPONSE_SCHEMA, f"RewardModelRank[{self.rank}].rewards")
+        cols = batch.to_pydict()
+        enc = encode_sequences(
+            self.tokenizer, cols["conditioning"], cols["prompt"], cols["response"], self.cfg.max_length,
+            self.cfg.truncation_side,
+        )  # fmt: skip
+        self.engine.eval()
+        r = self.engine(enc.input_ids.to(self.device), enc.attention_mask.to(self.device)).float().cpu().numpy()
+        return pa.Table.from_arrays([batch.column("user_id"), pa.array(r, pa.float32())], schema=RESPONSE_REWARD_SCHEMA)
+
 
 class RewardModelGroup(DeepSpeedGroupHandle):
     """The driver's handle on ``ds.num_ranks`` RewardModelRank actors training one reward model
@@ -106,3 +126,8 @@ class RewardModelGroup(DeepSpeedGroupHandle):
         """REWARD_SCORE_SCHEMA rows in the input order; any number of rows ≥ 1."""
         check_batch(batch, REWARD_PAIR_SCHEMA, "RewardModelGroup.score")
         return self.group.map_rows(batch, lambda rank, shard: rank.score.remote(shard))
+
+    def rewards(self, batch: pa.Table) -> pa.Table:
+        """RESPONSE_REWARD_SCHEMA rows in the input order for RESPONSE_SCHEMA rows; any number ≥ 1."""
+        check_batch(batch, RESPONSE_SCHEMA, "RewardModelGroup.rewards")
+        return self.group.map_rows(batch, lambda rank, shard: rank.rewards.remote(shard))

@@ -29,15 +29,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from deploy.api import ApiError, ApiSettings, build_api
 from rlhf_cluster.cli import ConfigError, load_config
-from rlhf_cluster.config import PlusConfig, RolloutConfig, TrainRMConfig
+from rlhf_cluster.config import RolloutConfig
+from rlhf_cluster.runs import read_run
 from rlhf_cluster.serve_config import BatchedServeDeployment, ServeAuth, ServeConfig, ServeDeployment, ServeLimits
 from rlhf_cluster.summary_store import SummaryStore
 
@@ -63,7 +63,7 @@ class ServedModels:
 
 def resolve_models(cfg: ServeConfig) -> ServedModels:
     """Checkpoints and reward settings from ``cfg.run_dir`` (if any) with ``cfg``'s explicit values on top."""
-    run = _read_run(Path(cfg.run_dir), cfg.checkpoint) if cfg.run_dir else {}
+    run = read_run(Path(cfg.run_dir), cfg.checkpoint) if cfg.run_dir else {}
     reward_model = cfg.models.reward_model or run.get("reward_model")
     summarizer = cfg.models.summarizer or run.get("summarizer")
     rm_path = _checkpoint(reward_model, "reward model")
@@ -78,44 +78,6 @@ def resolve_models(cfg: ServeConfig) -> ServedModels:
         max_context_pairs=run.get("max_context_pairs"),
         source=run.get("source", "explicit checkpoint paths"),
     )
-
-
-def _read_run(run_dir: Path, which: str) -> dict:
-    """What a jobs.plus or jobs.train_rm run directory holds, from its config.yaml and checkpoints."""
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise ConfigError(f"  run_dir {run_dir}: no config.yaml; expected a jobs.plus or jobs.train_rm run directory")
-    data = yaml.safe_load(cfg_path.read_text()) or {}
-    is_plus = isinstance(data, dict) and "policy" in data
-    model = PlusConfig if is_plus else TrainRMConfig
-    try:
-        run = model.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(f"  {cfg_path}: not a valid {model.__name__}:\n{err}") from None
-    # jobs.plus: <ck>/reward_model + <ck>/summarizer; jobs.train_rm: <ck> is the reward model.
-    ck = _pick_checkpoint(run_dir, which, "reward_model" if is_plus else "")
-    summarizer = str(ck / "summarizer") if is_plus else run.models.summarizer
-    return {
-        "reward_model": str(ck / "reward_model") if is_plus else str(ck),
-        "summarizer": summarizer,
-        "backbone": run.models.reward_model,
-        "conditioning": run.rm.conditioning,
-        "max_length": run.rm.max_length,
-        "truncation_side": run.rm.truncation_side,
-        "max_context_pairs": run.rm.max_context_pairs,
-        "source": f"{'jobs.plus' if is_plus else 'jobs.train_rm'} run {run_dir} ({ck.name})",
-    }
-
-
-def _pick_checkpoint(run_dir: Path, which: str, inner: str) -> Path:
-    order = ["best", "last"] if which == "best" else ["last"]
-    for name in order:
-        if (run_dir / name / inner / "config.json").is_file():
-            if name != which:
-                print(f"notice: {run_dir / which} has no checkpoint; serving {run_dir / name}", file=sys.stderr)
-            return run_dir / name
-    tried = ", ".join(str(run_dir / n / inner) for n in order)
-    raise ConfigError(f"  run_dir {run_dir}: no checkpoint (tried {tried})")
 
 
 def _checkpoint(path: str | None, what: str, tokenizer: bool = False) -> str:

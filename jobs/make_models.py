@@ -86,6 +86,24 @@ def reward_documents(tokenizer, rows: Sequence[dict]) -> list[str]:
     return list(dict.fromkeys(docs))
 
 
+def response_documents(tokenizer, rows: Sequence[dict]) -> list[str]:
+    """The response policy's corpus: each contested target pair's responses (all pairs' when no row has a
+    contested flag), chosen and rejected alike — so the base policy prefers neither — rendered as the
+    reward model reads them, once with no conditioning turn and once with a context pair of the same
+    user in it (the policy will read a summary there)."""
+    flagged = any(r.get("contested") is not None for r in rows)
+    docs = []
+    for r in rows:
+        if flagged and not r.get("contested"):
+            continue
+        pair = (r["context"] or [None])[0]
+        hint = None if pair is None else prompts.render_context([pair])
+        for conditioning in (None, hint):
+            for response in (r["chosen"], r["rejected"]):
+                docs.append(_render(tokenizer, prompts.reward_messages(conditioning, r["prompt"], response), False))
+    return list(dict.fromkeys(docs))
+
+
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
@@ -154,7 +172,8 @@ def make_models(cfg: MakeModelsConfig) -> dict:
 
     tokenizer = train_tokenizer(tokenizer_texts(splits), cfg.vocab_size)
     print(f"[tokenizer] byte-level BPE, {len(tokenizer)} tokens (limit {cfg.vocab_size}) from splits {sorted(splits)}")
-    max_len = max(cfg.summarizer.max_position_embeddings, cfg.reward_model.max_position_embeddings)
+    shapes = [cfg.summarizer, cfg.reward_model] + ([cfg.response_policy] if cfg.response_policy else [])
+    max_len = max(s.max_position_embeddings for s in shapes)
     save_tokenizer(tokenizer, out / "tokenizer", model_max_length=max_len)
 
     train_rows = splits[PRETRAIN_SPLIT].to_pylist()
@@ -192,9 +211,15 @@ def make_models(cfg: MakeModelsConfig) -> dict:
         cfg.seed + 1,
     )
     manifest["reward_model"]["load_as"] = "AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)"
+    if cfg.response_policy is not None:
+        docs = [response_documents(tokenizer, rows) for rows in (train_rows, eval_rows)]
+        manifest["response_policy"] = make_model(
+            cfg, "response_policy", cfg.response_policy, tokenizer, *docs, cfg.seed + 2
+        )
     manifest["seconds"] = round(time.perf_counter() - start, 2)
     (out / "models.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"[make_models] wrote {out}/{{tokenizer,summarizer,reward_model,models.json}} in {manifest['seconds']:.1f} s")
+    built = ",".join(k for k in ("tokenizer", "summarizer", "reward_model", "response_policy") if k in manifest)
+    print(f"[make_models] wrote {out}/{{{built},models.json}} in {manifest['seconds']:.1f} s")
     return manifest
 
 

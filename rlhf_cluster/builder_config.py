@@ -5,7 +5,7 @@ the builders read it.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -168,6 +168,13 @@ class MakeModelsConfig(StrictModel):
     reward_model: TinyModelOptions = Field(
         default_factory=TinyModelOptions,
         description="Shape of the reward-model backbone (saved as a causal LM; the scalar head is added at load).",
+    )
+    response_policy: Optional[TinyModelOptions] = Field(
+        None,
+        description="Also build a response policy (stage 2, jobs.personalize): a causal LM pre-trained on the "
+        "responses of the train split's contested pairs (where user types disagree; all pairs when the data has no "
+        "contested flags), chosen and rejected alike, as the reward model reads them: with no conditioning turn "
+        "and with one holding a context pair of the same user. None: not built.",
     )
     pretrain_steps: int = Field(
         300, ge=0, description="LM pre-training steps on the corpus (0: random init). Tiny summarizers need it."

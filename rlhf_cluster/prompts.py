@@ -69,29 +69,42 @@ class PromptTooLong(ValueError):
     """A summarizer prompt that leaves no room for the summary in rollout.max_model_len."""
 
 
+def policy_messages(conditioning: str | None, prompt: str) -> list[dict[str, str]]:
+    """What a response policy reads (stage 2): the reward model's user turn — conditioning, then the
+    prompt — with the response left for the policy to write."""
+    return reward_messages(conditioning, prompt, "")[:1]
+
+
 def build_requests(examples: pa.Table, tokenizer, rollout: RolloutConfig, seed: int) -> pa.Table:
     """One rollout request per example: the chat-rendered summarizer prompt as token ids."""
+    messages = [summarizer_messages(row, rollout.max_context_pairs) for row in examples.to_pylist()]
+    hint = "raise rollout.max_model_len or lower rollout.max_context_pairs"
+    return _requests(examples, messages, tokenizer, rollout, seed, "summarizer", hint)
+
+
+def response_requests(
+    examples: pa.Table, conditioning: list[str | None], tokenizer, rollout: RolloutConfig, seed: int
+) -> pa.Table:
+    """One rollout request per example for a response policy: ``policy_messages`` as token ids."""
+    messages = [policy_messages(c, p) for c, p in zip(conditioning, examples.column("prompt").to_pylist())]
+    hint = "raise rollout.max_model_len or shorten the conditioning (e.g. a lower summary length)"
+    return _requests(examples, messages, tokenizer, rollout, seed, "response-policy", hint)
+
+
+def _requests(examples: pa.Table, messages: list, tokenizer, rollout: RolloutConfig, seed: int, what: str, hint: str):
     budget = rollout.max_model_len - rollout.max_new_tokens
-    ids, too_long = [], []
-    for i, row in enumerate(examples.to_pylist()):
-        toks = chat_token_ids(tokenizer, summarizer_messages(row, rollout.max_context_pairs))
-        if len(toks) > budget:
-            too_long.append((i, row["user_id"], len(toks)))
-        ids.append(toks)
+    ids = [chat_token_ids(tokenizer, m) for m in messages]
+    users = examples.column("user_id").to_pylist()
+    too_long = [(i, users[i], len(t)) for i, t in enumerate(ids) if len(t) > budget]
     if too_long:
         i, user, n = too_long[0]
         raise PromptTooLong(
-            f"{len(too_long)} summarizer prompts exceed rollout.max_model_len - rollout.max_new_tokens = {budget} "
-            f"tokens (first: row {i}, user {user}: {n} tokens); raise rollout.max_model_len or lower "
-            "rollout.max_context_pairs"
+            f"{len(too_long)} {what} prompts exceed rollout.max_model_len - rollout.max_new_tokens = {budget} "
+            f"tokens (first: row {i}, user {user}: {n} tokens); {hint}"
         )
     n = examples.num_rows
     return pa.Table.from_pydict(
-        {
-            "request_id": list(range(n)),
-            "user_id": examples.column("user_id").to_pylist(),
-            "prompt_token_ids": ids,
-            "seed": [seed * 1_000_003 + i for i in range(n)],
-        },
+        {"request_id": list(range(n)), "user_id": users, "prompt_token_ids": ids,
+         "seed": [seed * 1_000_003 + i for i in range(n)]},
         schema=ROLLOUT_REQUEST_SCHEMA,
-    )
+    )  # fmt: skip

@@ -129,6 +129,26 @@ REWARD_SCORE_SCHEMA = pa.schema(
 )
 
 
+# Driver -> reward-model group (rewards): one response to score per row, conditioned like a reward pair.
+RESPONSE_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("conditioning", pa.string()),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("response", pa.string(), nullable=False),
+    ],
+    metadata={"rlhf_cluster.schema": "response/v1"},
+)
+
+# Reward-model group -> driver (rewards): r(prompt, response | conditioning), the input rows' order.
+RESPONSE_REWARD_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("reward", pa.float32(), nullable=False),
+    ],
+    metadata={"rlhf_cluster.schema": "response_reward/v1"},
+)
+
 # Cached summaries of a fixed summarizer (run_dir/summaries/<split>.parquet): one row per example row.
 SUMMARY_CACHE_SCHEMA = pa.schema(
     [

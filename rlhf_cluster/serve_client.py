@@ -189,3 +189,41 @@ def _without_none(body: dict) -> dict:
 def _path_id(user_id: str) -> str:
     """The user id as a path segment: quoted, so '/' or '..' cannot reach another route."""
     return requests.utils.quote(user_id, safe="")
+
+
+class ServedRewards:
+    """A reward scorer backed by a running endpoint (stage 2 with ``reward=serve``): the same ``rewards``
+    call as ``RewardModelGroup``. Rows that share a prompt and a conditioning text go in one request
+    (the conditioning as the summary; rows without one are refused: the served model reads a summary)."""
+
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 60.0, max_responses: int = 16):
+        self.client = ServeClient(url, token=token, timeout_s=timeout_s)
+        self.max_responses = max_responses
+
+    def rewards(self, batch):
+        import pyarrow as pa
+
+        from rlhf_cluster.schema import RESPONSE_REWARD_SCHEMA, RESPONSE_SCHEMA, check_batch
+
+        check_batch(batch, RESPONSE_SCHEMA, "ServedRewards.rewards")
+        rows = batch.to_pylist()
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(rows):
+            if not r["conditioning"]:
+                raise ValueError(f"ServedRewards: row {i} (user {r['user_id']!r}) has no conditioning text to send")
+            groups.setdefault((r["prompt"], r["conditioning"]), []).append(i)
+        out = [0.0] * len(rows)
+        for (prompt, summary), idx in groups.items():
+            for start in range(0, len(idx), self.max_responses):  # the endpoint's limits.max_responses
+                part = idx[start : start + self.max_responses]
+                for i, value in zip(part, self.rewards_of(prompt, summary, [rows[i]["response"] for i in part])):
+                    out[i] = value
+        return pa.Table.from_arrays(
+            [batch.column("user_id"), pa.array(out, pa.float32())], schema=RESPONSE_REWARD_SCHEMA
+        )
+
+    def rewards_of(self, prompt: str, summary: str, responses: list[str]) -> list[float]:
+        return self.client.rewards(prompt, responses, summary=summary)
+
+    def shutdown(self) -> None:
+        self.client.close()

@@ -70,6 +70,10 @@ def tiny_models(tiny_data, tmp_path_factory) -> Path:
         "pretrain_steps=40",
         "pretrain_batch_size=8",
         "pretrain_seq_len=256",
+        "response_policy.hidden_size=64",
+        "response_policy.num_layers=2",
+        "response_policy.num_heads=2",
+        "response_policy.intermediate_size=128",
     )
     return out
 

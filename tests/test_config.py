@@ -111,11 +111,15 @@ CONFIG_MODELS = {"demo.yaml": "PlusConfig", "demo_rm.yaml": "TrainRMConfig", "su
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_validates(path):
-    """Each YAML in configs/ loads into its job's config (by name: plus_* → jobs.plus, rm_* → jobs.train_rm)."""
+    """Each YAML in configs/ loads into its job's config (by name: plus_* → jobs.plus, rm_* → jobs.train_rm,
+    personalize_* → jobs.personalize)."""
     import rlhf_cluster.config as config_module
+    from rlhf_cluster.personalize_config import PersonalizeConfig
 
-    name = CONFIG_MODELS.get(path.name) or {"plus": "PlusConfig", "rm": "TrainRMConfig"}[path.name.split("_")[0]]
-    load_config(getattr(config_module, name), ["--config", str(path)])
+    models = {"PersonalizeConfig": PersonalizeConfig}
+    prefixes = {"plus": "PlusConfig", "rm": "TrainRMConfig", "personalize": "PersonalizeConfig"}
+    name = CONFIG_MODELS.get(path.name) or prefixes[path.name.split("_")[0]]
+    load_config(models.get(name) or getattr(config_module, name), ["--config", str(path)])
 
 
 def test_a_partly_given_section_keeps_the_jobs_own_defaults():

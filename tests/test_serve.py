@@ -387,6 +387,34 @@ def test_rewards_equal_the_offline_reward_model(endpoint, offline_rm, tiny_data)
 
 
 @pytest.mark.slow
+def test_served_rewards_score_response_batches_like_the_offline_reward_model(endpoint, offline_rm, tiny_data):
+    """reward=serve in jobs.personalize: a RESPONSE_SCHEMA batch scored through the endpoint equals the
+    offline reward model on the same conditioning, prompt and response, in the input order."""
+    import pyarrow as pa
+
+    from rlhf_cluster.data import read_split
+    from rlhf_cluster.schema import RESPONSE_SCHEMA
+    from rlhf_cluster.serve_client import ServedRewards
+
+    examples = read_split(tiny_data, "test_seen_users").slice(0, 6)
+    rows = examples.to_pylist()
+    columns = {
+        "user_id": [r["user_id"] for r in rows] * 2,
+        "conditioning": [r["user_description"] for r in rows] * 2,
+        "prompt": [r["prompt"] for r in rows] * 2,
+        "response": [r["chosen"] for r in rows] + [r["rejected"] for r in rows],
+    }
+    batch = pa.Table.from_pydict(columns, schema=RESPONSE_SCHEMA)
+    scorer = ServedRewards(endpoint.url, token=TOKEN, max_responses=1)  # one response per request
+    got = scorer.rewards(batch).column("reward").to_pylist()
+    r_c, r_r, _ = offline_rewards(offline_rm, examples, [r["user_description"] for r in rows])
+    assert got == pytest.approx(list(r_c) + list(r_r), abs=1e-4)
+    with pytest.raises(ValueError, match="row 0 .* has no conditioning text"):
+        scorer.rewards(batch.set_column(1, "conditioning", pa.array([None] * 12, pa.string())))
+    scorer.shutdown()
+
+
+@pytest.mark.slow
 def test_summaries_equal_the_offline_summarizer(endpoint, tiny_data):
     from rlhf_cluster.config import RolloutConfig
     from rlhf_cluster.data import read_split

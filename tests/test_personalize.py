@@ -1,0 +1,122 @@
+"""Stage 2 (jobs/personalize.py): a response policy trained with GRPO against a frozen personalized reward
+model on local Ray — logged with the learned reward and the true utility side by side — its exact resume,
+and its refusals of bad input. The ground-truth pieces are tested by hand in test_utility.py / here."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, run_job
+
+TINY = [
+    "prompts_per_iter=4",
+    "rollout.n_samples=2",
+    "policy.minibatch_size=8",
+    "eval_limit=8",
+    "rollout.max_new_tokens=24",
+    "rollout.kv_cache_gib=0.1",
+    "rollout.max_model_len=512",
+    "ray.num_cpus=2",
+]
+PHASES = ("generate", "score", "reference", "advantages", "train_policy", "sync_weights")
+
+
+@pytest.fixture(scope="module")
+def oracle_rm(tiny_data, tiny_models, tmp_path_factory):
+    """A jobs.train_rm run with oracle conditioning: the reward source (reads the true description)."""
+    run = tmp_path_factory.mktemp("source") / "rm-oracle"
+    run_job(
+        "jobs.train_rm", f"data.dir={tiny_data}", f"models.reward_model={tiny_models / 'reward_model'}",
+        f"run_dir={run}", "rm.conditioning=oracle", "rm.steps=6", "rm.batch_size=8", "rm.eval_every=6",
+        "rm.eval_limit=16", "rm.max_length=384", "deepspeed.num_ranks=1", "rank_resources.num_cpus=0.5",
+        "ray.num_cpus=2",
+    )  # fmt: skip
+    return run
+
+
+def _events(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train(run) -> dict[int, dict]:
+    return {e["step"]: e for e in _events(run) if e["split"] == "train"}
+
+
+@pytest.mark.slow
+def test_personalize_runs_logs_truth_beside_the_learned_reward_and_resumes_exactly(oracle_rm, tiny_models, tmp_path):
+    base = [f"source={oracle_rm}", f"policy_model={tiny_models / 'response_policy'}", *TINY, "checkpoint_every=2"]
+    straight, parted = tmp_path / "straight", tmp_path / "parted"
+    run_job("jobs.personalize", *base, "iterations=4", "eval_every=2", f"run_dir={straight}")
+    train = _train(straight)
+    assert sorted(train) == [1, 2, 3, 4]
+    for e in train.values():
+        for name in PHASES:
+            assert e[f"time_{name}"] >= 0, name
+        for name in ("learned_reward", "true_utility", "kl", "policy_loss"):
+            assert e[name] is not None and math.isfinite(e[name]), name
+        assert e["weight_version"] == e["step"] and e["rollout_weight_version"] == e["step"] - 1
+    val = [e for e in _events(straight) if e["split"] == "validation"]
+    assert [e["step"] for e in val] == [2, 4]
+    for e in val:  # the learned reward and the truth, side by side
+        assert {"learned_reward", "true_utility", "win_rate_vs_base", "personalized_share"} <= set(e)
+        assert 0.0 <= e["win_rate_vs_base"] <= 1.0 and 0.0 <= e["personalized_share"] <= 1.0
+    assert (straight / "best" / "policy" / "config.json").is_file() and (straight / "last" / "policy").is_dir()
+    assert (straight / "base_responses" / "validation.parquet").is_file()
+    result = json.loads((straight / "eval.json").read_text())  # the best policy on the test splits
+    assert sorted(result["splits"]) == ["test_seen_users", "test_unseen_users"]  # pets_ood: another world
+    for split in result["splits"].values():
+        assert {"all", "helpful", "harmless"} <= set(split) and 0.0 <= split["all"]["win_rate_vs_base"] <= 1.0
+    assert result["ceilings"]["personalization_gap"] == pytest.approx(0.5)
+
+    run_job("jobs.personalize", *base, "iterations=2", "eval_every=2", f"run_dir={parted}")
+    proc = run_job("jobs.personalize", "--resume", str(parted), "iterations=4")
+    assert f"resumed {parted} at iteration 2 (weight version 2)" in proc.stdout
+    got = _train(parted)
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in (3, 4):
+        want = {k: v for k, v in train[step].items() if not k.startswith("time") and k not in ("split", "step")}
+        have = {k: v for k, v in got[step].items() if not k.startswith("time") and k not in ("split", "step")}
+        assert want.keys() == have.keys()
+        for key in want:
+            assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), f"iteration {step}: {key}"
+
+
+def _exit_2(*args) -> str:
+    proc = subprocess.run([sys.executable, "-m", "jobs.personalize", *args], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode in (1, 2), proc.stderr
+    return proc.stderr
+
+
+def test_a_source_without_a_reward_model_is_named(tmp_path):
+    (tmp_path / "config.yaml").write_text(f"data: {{dir: {tmp_path}}}\nmodels: {{reward_model: x}}\n")
+    err = _exit_2(f"source={tmp_path}", "policy_model=p")
+    assert f"source={tmp_path}" in err and "no checkpoint" in err, err
+
+
+def test_a_world_without_true_utilities_is_refused(oracle_rm, tiny_data, tiny_models, tmp_path):
+    import shutil
+
+    data = tmp_path / "own"  # the same rows, but no dataset.json: a user's own data has no true utilities
+    data.mkdir()
+    for split in ("train", "validation"):
+        shutil.copy(tiny_data / f"{split}.parquet", data / f"{split}.parquet")
+    err = _exit_2(f"source={oracle_rm}", f"policy_model={tiny_models / 'response_policy'}", f"data.dir={data}",
+                  f"run_dir={tmp_path / 'run'}")  # fmt: skip
+    assert f"data.dir={data}" in err and "no dataset.json, so no ground truth" in err, err
+
+
+def test_config_errors_exit_2():
+    for args, message in (
+        (["rollout.n_samples=1"], "n_samples must be ≥ 2"),
+        (["reward=serve"], "reward=serve needs serve_url"),
+        (["prompts_per_iter=3", "rollout.n_samples=2", "policy.minibatch_size=4"], "must divide"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "jobs.personalize", "source=s", "policy_model=p", *args],
+            cwd=ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
