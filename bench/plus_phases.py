@@ -23,7 +23,18 @@ import subprocess
 import sys
 import time
 
-from bench.common import BENCH_DIR, DEMO_CONFIG, ROOT, TreeSampler, median, require_demo_inputs, setting, write_part
+from bench.common import (
+    BENCH_DIR,
+    DEMO_CONFIG,
+    DEMO_DATA,
+    DEMO_MODELS,
+    ROOT,
+    TreeSampler,
+    median,
+    require_demo_inputs,
+    setting,
+    write_part,
+)
 
 ROLE_PHASES = {  # which phases keep which actor busy (the driver waits on it meanwhile)
     "RolloutActor": ("generate", "sync_weights"),
@@ -43,6 +54,9 @@ def run_job(
         "--config",
         str(DEMO_CONFIG),
         f"run_dir={run_dir}",
+        f"data.dir={DEMO_DATA}",
+        f"models.summarizer={DEMO_MODELS / 'summarizer'}",
+        f"models.reward_model={DEMO_MODELS / 'reward_model'}",
         f"iterations={iterations}",
         "eval_every=100000",
         "checkpoint_every=100000",

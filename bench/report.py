@@ -225,6 +225,7 @@ def weight_sync(rep: Report) -> None:
             f"{p['direct']['driver_peak_bytes'] / 2**20:.2f} MiB",
             sec(p["via_driver"]["sync_s"]),
             f"{p['via_driver']['driver_peak_bytes'] / 2**20:.2f} MiB",
+            f"{(p['via_driver']['driver_peak_bytes'] - p['direct']['driver_peak_bytes']) / 2**20:.2f} MiB",
             f"{p['time_ratio_direct_over_via_driver']:.2f}",
         ]
         for p in paths

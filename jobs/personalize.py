@@ -77,7 +77,8 @@ def load_source(cfg: PersonalizeConfig) -> Source:
     conditioning = run["conditioning"]
     if conditioning == "summary" and not run["summarizer"]:
         raise SystemExit(f"source={cfg.source}: a summary-conditioned reward model without a summarizer")
-    label = run["config"].name or ("PLUS" if "policy" in type(run["config"]).model_fields else conditioning)
+    is_plus = "policy" in type(run["config"]).model_fields
+    label = getattr(run["config"], "name", None) or ("PLUS" if is_plus else f"train_rm ({conditioning})")
     return Source(run["reward_model"], run["summarizer"], conditioning, run["config"], label)
 
 
@@ -292,7 +293,8 @@ def main(argv=None) -> dict:
                 with phase("checkpoint", timings, quiet=True):
                     save_checkpoint(run_dir, it, groups, driver)
     with phase("evaluate", timings):
-        evaluate_best(run_dir, roles, scorer, truth, tests, base, best, version)
+        label = cfg.name or f"policy trained with {source.label} ({source.conditioning})"
+        evaluate_best(run_dir, label, roles, scorer, truth, tests, base, best, version)
     return finish(cfg, run_dir, roles, scorer, groups, best, version, timings)
 
 
@@ -335,13 +337,13 @@ def validate_and_keep_best(cfg, roles, scorer, val, truth, base, it, best, log, 
     return best
 
 
-def evaluate_best(run_dir: Path, roles: Roles, scorer, truth, tests: dict, base: dict, best: dict, version: int):
+def evaluate_best(run_dir: Path, label: str, roles: Roles, scorer, truth, tests: dict, base: dict, best, version: int):
     """The best policy (on validation) on every test split: the judge's figures overall and per user type,
     the ceilings and sample responses per type → run_dir/eval.json."""
     if (run_dir / "best" / "policy").is_dir():
         roles.policy.load(str(run_dir / "best" / "policy"))
         push_weights(roles, version + 1)
-    result = {"best_iteration": best["iteration"], "ceilings": truth.ceilings(), "splits": {}}
+    result = {"name": label, "best_iteration": best["iteration"], "ceilings": truth.ceilings(), "splits": {}}
     for name, split in tests.items():
         responses = greedy_responses(roles, split)
         rewards = scorer.rewards(response_rows(split, _as_rollouts(responses))).column("reward").to_numpy()

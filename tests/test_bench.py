@@ -116,8 +116,9 @@ def test_quick_suite_measures_every_benchmark_and_renders_a_report(tmp_path, mon
     assert rig["rollout"]["kv_cache"]["sized_from_config"]  # 8: KV cache from rollout.kv_cache_gib
     ws = rig["weight_sync"]  # 2
     assert ws["bytes"] > 0 and 0 < ws["share_of_iteration"] < 1 and ws["engine_load_s"] > 0
-    paths = ws["paths"]  # weights skip the driver: it never holds the blob, the former path does
-    assert paths["direct"]["driver_peak_bytes"] < ws["bytes"] / 4 <= paths["via_driver"]["driver_peak_bytes"]
+    paths = ws["paths"]  # weights skip the driver: the former path holds the whole blob there on top
+    held = paths["via_driver"]["driver_peak_bytes"] - paths["direct"]["driver_peak_bytes"]
+    assert held >= 0.75 * ws["bytes"], (held, ws["bytes"])
     ar = rig["arrow"]  # 3
     assert {t["table"] for t in ar["transfers"]} >= {
         "requests",

@@ -109,6 +109,23 @@ def test_a_world_without_true_utilities_is_refused(oracle_rm, tiny_data, tiny_mo
     assert f"data.dir={data}" in err and "no dataset.json, so no ground truth" in err, err
 
 
+def test_a_plus_run_is_a_source_with_its_summarizer(tmp_path):
+    from jobs.personalize import load_source
+    from rlhf_cluster.cli import dump_yaml
+    from rlhf_cluster.config import PlusConfig
+    from rlhf_cluster.personalize_config import PersonalizeConfig
+
+    run = tmp_path / "plus"
+    plus = PlusConfig(data={"dir": "d"}, models={"summarizer": "s", "reward_model": "r"}, rm={"max_length": 99})
+    for role in ("reward_model", "summarizer"):
+        (run / "best" / role).mkdir(parents=True)
+        (run / "best" / role / "config.json").write_text("{}")
+    (run / "config.yaml").write_text(dump_yaml(plus))
+    src = load_source(PersonalizeConfig(source=str(run), policy_model="p"))
+    assert (src.reward_model, src.summarizer) == (str(run / "best" / "reward_model"), str(run / "best" / "summarizer"))
+    assert (src.conditioning, src.label, src.run.rm.max_length) == ("summary", "PLUS", 99)
+
+
 def test_config_errors_exit_2():
     for args, message in (
         (["rollout.n_samples=1"], "n_samples must be ≥ 2"),
