@@ -104,10 +104,9 @@ class Split:
     requests: pa.Table
 
 
-def load_split(cfg: PersonalizeConfig, source: Source, name: str, limit: int | None, tokenizer) -> Split:
+def load_split(cfg: PersonalizeConfig, source: Source, data, name: str, limit: int | None, tokenizer) -> Split:
     from rlhf_cluster.prompts import response_requests
 
-    data = cfg.data or source.run.data
     rows = read_split(data.dir, name, skip_bad_rows=data.skip_bad_rows, limit=limit)
     conditioning = conditioning_of(cfg, source, name, rows)
     return Split(rows, conditioning, response_requests(rows, conditioning, tokenizer, cfg.rollout, cfg.seed))
@@ -172,9 +171,14 @@ def judge(truth, split: Split, responses: list[str], base: list[str], rewards: n
     }
 
 
+def greedy_scored(roles: Roles, scorer, split: Split) -> tuple[list[str], np.ndarray]:
+    """The current policy's greedy responses to a split and the reward model's reward of each."""
+    responses = greedy_responses(roles, split)
+    return responses, scorer.rewards(response_rows(split, _as_rollouts(responses))).column("reward").to_numpy()
+
+
 def validate(roles: Roles, scorer, val: Split, truth, base: list[str]) -> tuple[dict, list[str]]:
-    responses = greedy_responses(roles, val)
-    rewards = scorer.rewards(response_rows(val, _as_rollouts(responses))).column("reward").to_numpy()
+    responses, rewards = greedy_scored(roles, scorer, val)
     return judge(truth, val, responses, base, rewards), responses
 
 
@@ -308,10 +312,10 @@ def load_data(cfg: PersonalizeConfig, source: Source) -> tuple[Split, Split, dic
     except NoGroundTruth as err:
         raise SystemExit(f"data.dir={data.dir}: {err}") from None
     tokenizer = load_tokenizer(cfg.policy_model)
-    train = load_split(cfg, source, cfg.train_split, data.limit, tokenizer)
-    val = load_split(cfg, source, cfg.eval_split, cfg.eval_limit, tokenizer)
+    train = load_split(cfg, source, data, cfg.train_split, data.limit, tokenizer)
+    val = load_split(cfg, source, data, cfg.eval_split, cfg.eval_limit, tokenizer)
     names = [n for n in list_splits(data.dir) if n not in (cfg.train_split, cfg.eval_split) and truth.scores_split(n)]
-    tests = {n: load_split(cfg, source, n, cfg.test_limit, tokenizer) for n in names}
+    tests = {n: load_split(cfg, source, data, n, cfg.test_limit, tokenizer) for n in names}
     if train.rows.num_rows < cfg.prompts_per_iter:
         raise SystemExit(
             f"{cfg.train_split}: {train.rows.num_rows} rows, fewer than prompts_per_iter={cfg.prompts_per_iter}"
@@ -345,8 +349,7 @@ def evaluate_best(run_dir: Path, label: str, roles: Roles, scorer, truth, tests:
         push_weights(roles, version + 1)
     result = {"name": label, "best_iteration": best["iteration"], "ceilings": truth.ceilings(), "splits": {}}
     for name, split in tests.items():
-        responses = greedy_responses(roles, split)
-        rewards = scorer.rewards(response_rows(split, _as_rollouts(responses))).column("reward").to_numpy()
+        responses, rewards = greedy_scored(roles, scorer, split)
         types = [truth.user_type(r) for r in split.rows.to_pylist()]
         per = {"all": judge(truth, split, responses, base[name], rewards)}
         for t in sorted(set(types)):
