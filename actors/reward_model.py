@@ -76,6 +76,7 @@ class RewardModelRank(DeepSpeedRank):
             accuracy=pairwise_accuracy(r_chosen.detach(), r_rejected.detach()).item(),
             n_pairs=enc.n_pairs,
             n_truncated=enc.n_truncated,
+            n_truncated_pairs=enc.n_truncated_pairs,
             seconds=time.perf_counter() - t0,
         )
         return out
@@ -118,9 +119,12 @@ class RewardModelGroup(DeepSpeedGroupHandle):
 
     def train_step(self, batch: pa.Table) -> dict:
         """One optimizer step on the global batch. Returns loss (global mean), accuracy, grad_norm, lr,
-        n_pairs, n_truncated (summed over ranks) and seconds (slowest rank)."""
+        n_pairs, n_truncated (sequences), n_truncated_pairs (pairs with chosen or rejected cut; counts summed
+        over ranks), truncated_share (n_truncated_pairs / n_pairs) and seconds (slowest rank)."""
         check_batch(batch, REWARD_PAIR_SCHEMA, "RewardModelGroup.train_step")
-        return self._train_step(batch, "RewardModelGroup.train_step")
+        m = self._train_step(batch, "RewardModelGroup.train_step")
+        m["truncated_share"] = m["n_truncated_pairs"] / m["n_pairs"] if m["n_pairs"] else 0.0
+        return m
 
     def score(self, batch: pa.Table) -> pa.Table:
         """REWARD_SCORE_SCHEMA rows in the input order; any number of rows ≥ 1."""

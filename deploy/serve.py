@@ -14,6 +14,9 @@ The reward model scores exactly as the offline path does (``rlhf_cluster.reward_
 ``encode_sequences`` → ``sequence_rewards``), so an endpoint reward equals ``jobs.evaluate``'s for
 the same checkpoint, conditioning text, prompt and response. Builder arguments are ServeConfig keys
 (``rlhf_cluster/config.py``; dotted keys or nested mappings; ``config=FILE.yaml`` reads a file first).
+Each response's ``truncated`` flag says its input was cut to max_length; the RewardModel replicas also
+count inputs in Ray Serve metrics (Prometheus, on Ray's metrics export port):
+``ray_rlhf_reward_inputs_total`` and ``ray_rlhf_reward_inputs_truncated_total``; their ratio is the share cut.
 This module imports no torch: the ingress replica stays light; model deployments import in __init__.
 """
 
@@ -220,10 +223,18 @@ class RewardModel:
         self.max_length, self.truncation_side = models.max_length, models.truncation_side
         self.score.set_max_batch_size(opts.max_batch_size)
         self.score.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
+        self.n_inputs = serve.metrics.Counter("rlhf_reward_inputs", "Reward inputs scored (one per response).")
+        self.n_truncated = serve.metrics.Counter(
+            "rlhf_reward_inputs_truncated", "Reward inputs longer than max_length, cut from truncation_side."
+        )
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=count_responses)
     async def score(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
-        return await asyncio.to_thread(self._score, jobs)
+        results = await asyncio.to_thread(self._score, jobs)
+        self.n_inputs.inc(sum(len(r.truncated) for r in results))
+        if cut := sum(sum(r.truncated) for r in results):  # a Counter takes increments > 0 only
+            self.n_truncated.inc(cut)
+        return results
 
     def _score(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
         import torch

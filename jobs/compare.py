@@ -9,6 +9,10 @@ where they ran: ray / resources sections) form one group, labelled by ``rm.condi
 top-level ``name`` when the config has one, plus the differing keys when two groups would share a
 label). Each group gets mean ± 95 % CI over its seeds (``rlhf_cluster.metrics.mean_ci95``).
 
+A jobs.plus run's ``evaluate/`` view also holds ``plus.yaml`` (PLUS_VIEW_FILE): the PLUS run's own config
+and label. Such a run is grouped by that PlusConfig (the view's config.yaml points at each run's own trained
+summarizer and lacks the PLUS settings) and labelled ``PLUS (<algorithm>[, frozen …])`` or its ``name``.
+
 Writes DIR/compare.md (one table per split: rows = groups then the ceilings oracle, user-agnostic,
 n-context Bayes; columns all / contested / agreed / worst-decile user), DIR/compare.json and
 DIR/compare.png (grouped bars per split for ``plot_subset``, error bars = CI, ceilings as lines).
@@ -17,17 +21,17 @@ DIR/compare.png (grouped bars per split for ``plot_subset``, error bars = CI, ce
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import sys
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from rlhf_cluster.cli import EXIT_USAGE, parse_config
-from rlhf_cluster.config import CompareConfig, TrainRMConfig
+from rlhf_cluster.config import CompareConfig, PlusConfig, TrainRMConfig
 from rlhf_cluster.metrics import mean_ci95, summary_lines
+from rlhf_cluster.runs import PLUS_VIEW_FILE, expand_run_dirs
 
 SUBSETS = ("all", "contested", "agreed")
 # "ceiling:" in every name: a group conditioned on the oracle description is also labelled "oracle".
@@ -45,6 +49,12 @@ NOT_GROUPING = (
     "rollout_resources",
     "deepspeed.backend",
     "checkpoint_every",
+    "show",  # printing only
+    # jobs.plus roles (PLUS_VIEW_FILE)
+    "policy_resources",
+    "rm_resources",
+    "reference_resources",
+    "critic_resources",
 )
 
 
@@ -57,6 +67,12 @@ class RunEval:
     dir: Path
     config: dict  # config.yaml as loaded (plain YAML: no model validation needed to group runs)
     eval: dict
+    plus: dict | None = None  # a jobs.plus view's PLUS_VIEW_FILE: {"label", "config": the PlusConfig}
+
+    @property
+    def experiment(self) -> dict:
+        """The config that defines what the run learned: a PLUS view's PlusConfig, else config.yaml."""
+        return self.plus["config"] if self.plus else self.config
 
 
 @dataclasses.dataclass
@@ -75,18 +91,10 @@ class Group:
 
 def expand_runs(spec: list[str] | str) -> list[Path]:
     """Run directories from paths and glob patterns, in the order given (glob matches sorted)."""
-    out: list[Path] = []
-    for item in [spec] if isinstance(spec, str) else spec:
-        if any(c in item for c in "*?["):
-            matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_dir())
-            if not matches:
-                raise CompareError(f"--runs pattern {item!r} matches no directory")
-            out += matches
-        elif not Path(item).is_dir():
-            raise CompareError(f"run directory {item} does not exist")
-        else:
-            out.append(Path(item))
-    return list(dict.fromkeys(out))  # a run named twice counts once
+    try:
+        return expand_run_dirs(spec)
+    except ValueError as err:
+        raise CompareError(str(err)) from None
 
 
 def load_run_eval(run_dir: Path, eval_file: str) -> RunEval:
@@ -99,15 +107,29 @@ def load_run_eval(run_dir: Path, eval_file: str) -> RunEval:
         config, result = yaml.safe_load(cfg_path.read_text()) or {}, json.loads(eval_path.read_text())
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         raise CompareError(f"{run_dir}: unreadable {cfg_path.name} or {eval_file}: {err}") from None
-    return RunEval(run_dir, _with_defaults(config), result)
+    return RunEval(run_dir, _with_defaults(config), result, _plus_view(run_dir))
 
 
-def _with_defaults(config: dict) -> dict:
+def _plus_view(run_dir: Path) -> dict | None:
+    """A jobs.plus view's PLUS_VIEW_FILE with its config's defaults filled in; None for other runs."""
+    path = run_dir / PLUS_VIEW_FILE
+    if not path.is_file():
+        return None
+    try:
+        plus = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise CompareError(f"{path}: unreadable: {err}") from None
+    if not isinstance(plus, dict) or not isinstance(plus.get("config"), dict):
+        raise CompareError(f"{path}: expected a mapping with label and config (the PlusConfig), as jobs.plus writes")
+    return {"label": plus.get("label"), "config": _with_defaults(plus["config"], PlusConfig)}
+
+
+def _with_defaults(config: dict, model: type[BaseModel] = TrainRMConfig) -> dict:
     """The config with today's defaults filled in, so a field added since a run was made does not split groups."""
     try:
-        return TrainRMConfig.model_validate(config).model_dump(mode="json")
+        return model.model_validate(config).model_dump(mode="json")
     except ValidationError:
-        return config  # not a TrainRMConfig (or an older incompatible one): compare it as written
+        return config  # not a `model` (or an older incompatible one): compare it as written
 
 
 # ---------------------------------------------------------------------------------- grouping
@@ -133,12 +155,17 @@ def group_runs(runs: list[RunEval]) -> list[Group]:
     """Runs that differ only in seed (and placement) together, in order of first appearance."""
     groups: dict[tuple, Group] = {}
     for run in runs:
-        key = grouping_key(run.config)
+        key = grouping_key(run.experiment)
         groups.setdefault(key, Group(key, [])).runs.append(run)
     out = list(groups.values())
     for g in out:
-        cfg = g.runs[0].config
-        g.label = cfg["name"] if cfg.get("name") else str((cfg.get("rm") or {}).get("conditioning", "?"))
+        run, cfg = g.runs[0], g.runs[0].experiment
+        if cfg.get("name"):
+            g.label = cfg["name"]
+        elif run.plus and run.plus.get("label"):
+            g.label = str(run.plus["label"])
+        else:
+            g.label = str((cfg.get("rm") or {}).get("conditioning", "?"))
     _disambiguate(out)
     return out
 

@@ -122,7 +122,14 @@ def resolve_target(cfg: EvaluateConfig, run: Run) -> Target:
     splits = cfg.splits or [s for s in _generator_order(available, ceilings) if s not in held_out]
     missing = [s for s in splits if s not in available]
     if missing or not splits:
-        why = f"no split {missing}" if missing else "no split left after excluding train/validation"
+        why = (
+            f"no split {missing}"
+            if missing
+            else f"no test split: the run trained and selected on {', '.join(sorted(held_out & set(available)))}, "
+            f"and evaluating on them would measure fit, not generalization; add a held-out split file "
+            f"(e.g. test.jsonl) or name splits with --splits (e.g. --splits '[validation]', knowing it chose the "
+            f"checkpoint)"
+        )
         raise EvalError(f"{data_dir}: {why}; available splits: {', '.join(available) or 'none'}")
     return Target(data_dir, stem, summaries_dir, splits, ceilings)
 

@@ -3,7 +3,8 @@
 Generates a procedural personalized-preference dataset (rlhf_cluster/datasets/) and writes, in DIR:
 
   <split>.parquet   rows in rlhf_cluster.schema.EXAMPLE_SCHEMA, one file per split
-  ceilings.json     per split, per subset (all / contested / agreed): oracle, user_agnostic,
+                    (format=plus: <split>.jsonl in the public PLUS release's format, no ground truth)
+  ceilings.json     (not with format=plus) per split, per subset (all / contested / agreed): oracle, user_agnostic,
                     bayes_n_context expected accuracies and the row count n
   dataset.json      generator, seed, every option, split sizes and generator facts (markers, survey …)
   README.md         what the data is, how to regenerate it, the ceilings table
@@ -25,6 +26,7 @@ import pyarrow.parquet as pq
 from rlhf_cluster.builder_config import MakeDataConfig
 from rlhf_cluster.cli import parse_config
 from rlhf_cluster.datasets import GeneratedDataset, generate
+from rlhf_cluster.plus_format import to_plus_rows
 from rlhf_cluster.schema import EXAMPLE_SCHEMA
 
 GENERATOR_SPLITS = ("train", "validation", "test_seen_users", "test_unseen_users", "test_unseen_topics", "pets_ood")
@@ -36,6 +38,7 @@ def reproduce_command(cfg: MakeDataConfig) -> str:
     opts = getattr(cfg, cfg.dataset)
     defaults = type(opts)().model_dump()
     changed = [f"{cfg.dataset}.{k}={v}" for k, v in opts.model_dump().items() if defaults[k] != v]
+    changed += ["format=plus"] if cfg.format == "plus" else []
     # DIR, not cfg.out: the files must not depend on where they were written (byte-identical across dirs)
     return " ".join(["python -m jobs.make_data --dataset", cfg.dataset, "--out DIR --seed", str(cfg.seed), *changed])
 
@@ -63,8 +66,15 @@ def readme(cfg: MakeDataConfig, data: GeneratedDataset) -> str:
             "",
             f"Regenerate: `{reproduce_command(cfg)}`",
             "",
-            f"Rows per split: {sizes}. Rows follow `rlhf_cluster.schema.EXAMPLE_SCHEMA`; `user_description` and "
-            "`p_chosen` are ground truth (oracle baselines and analysis only).",
+            f"Rows per split: {sizes}. "
+            + (
+                "Written in the public PLUS release's format (`<split>.jsonl`: one row per user and three target "
+                "pairs, the context as text, no user_id, no ground truth; rlhf_cluster/plus_format.py). The "
+                "ceilings below are of the generator's rows, all pairs counted; the files hold no ceilings.json."
+                if cfg.format == "plus"
+                else "Rows follow `rlhf_cluster.schema.EXAMPLE_SCHEMA`; `user_description` and `p_chosen` are ground "
+                "truth (oracle baselines and analysis only)."
+            ),
             "",
             "## Generator",
             "",
@@ -89,17 +99,24 @@ def readme(cfg: MakeDataConfig, data: GeneratedDataset) -> str:
 
 
 def write(cfg: MakeDataConfig, data: GeneratedDataset) -> Path:
-    """Write every split, ceilings.json, dataset.json and README.md into cfg.out."""
+    """Write every split, ceilings.json (our format only), dataset.json and README.md into cfg.out."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in GENERATOR_SPLITS:
-        for suffix in (".parquet", ".jsonl"):
-            if stale not in data.splits and (out / f"{stale}{suffix}").exists():
-                (out / f"{stale}{suffix}").unlink()
-                print(f"removed stale split file {out / (stale + suffix)}")
+    suffix = ".jsonl" if cfg.format == "plus" else ".parquet"
+    stale = [out / f"{s}{x}" for s in GENERATOR_SPLITS for x in (".parquet", ".jsonl")]
+    stale += [out / "ceilings.json"] if cfg.format == "plus" else []
+    for path in stale:
+        if path.exists() and not (path.stem in data.splits and path.suffix == suffix):
+            path.unlink()
+            print(f"removed stale file {path}")
     for split, rows in data.splits.items():
-        pq.write_table(pa.Table.from_pylist(rows, schema=EXAMPLE_SCHEMA), out / f"{split}.parquet")
-    (out / "ceilings.json").write_text(json.dumps(data.ceilings, indent=2) + "\n")
+        if cfg.format == "plus":
+            lines = [json.dumps(r, ensure_ascii=False) for r in to_plus_rows(rows)]
+            (out / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        else:
+            pq.write_table(pa.Table.from_pylist(rows, schema=EXAMPLE_SCHEMA), out / f"{split}.parquet")
+    if cfg.format != "plus":  # the ceilings are of our rows; PLUS rows carry no ground truth
+        (out / "ceilings.json").write_text(json.dumps(data.ceilings, indent=2) + "\n")
     meta = {
         "dataset": data.name,
         "seed": cfg.seed,

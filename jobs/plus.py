@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,8 @@ from rlhf_cluster.checkpoints import read_checkpoint, restore_groups, save_check
 from rlhf_cluster.cli import dump_yaml, parse_config, prepare_run_dir, resume_argv
 from rlhf_cluster.config import PlusConfig, TrainRMConfig
 from rlhf_cluster.data import read_split
-from rlhf_cluster.metrics import MetricsLogger, accuracy_by_subset
-from rlhf_cluster.reward_model import pair_table
+from rlhf_cluster.metrics import MetricsLogger, accuracy_by_subset, format_accuracy
+from rlhf_cluster.reward_model import pair_table, tally_truncation, truncation_stats, truncation_totals
 from rlhf_cluster.rl_step import (
     Roles,
     check_on_policy,
@@ -104,15 +105,19 @@ class PlusData:
     train_requests: pa.Table
     val_requests: pa.Table
     candidates: list[np.ndarray] | None  # rm_pairs=user: each train row's same-user pair rows
+    rm_tokenizer: object  # the reward model's: counts its truncated inputs on the driver
 
 
 # -------------------------------------------------------------------------------- one iteration
 
 
-def plus_iteration(cfg: PlusConfig, roles: Roles, rm, data: PlusData, it: int, rows, version: int) -> tuple:
+def plus_iteration(
+    cfg: PlusConfig, roles: Roles, rm, data: PlusData, it: int, rows, version: int, truncation: dict | None = None
+) -> tuple:
     """One PLUS iteration on the users ``rows``: the shared RL step of the summarizer, scored by the reward
     model on each user's held-out pair, with the reward model trained on the same summaries before the
-    sync. Returns (metrics, the new weight version, phase seconds)."""
+    sync. Returns (metrics, the new weight version, phase seconds); adds the reward-model pairs cut to
+    rm.max_length to ``truncation`` (``truncation_totals``), when given."""
     t: dict[str, float] = {}
     batch = data.train.take(rows)
     with phase("generate", t, quiet=True):
@@ -121,15 +126,25 @@ def plus_iteration(cfg: PlusConfig, roles: Roles, rm, data: PlusData, it: int, r
         pairs = summary_pairs(batch, rollouts)
         margins = torch.as_tensor(score_margins(rm, pairs))
         score = F.logsigmoid(margins)  # R = log σ(r_c − r_r); token_rewards clips it
+        scored_cut = truncation_stats(data.rm_tokenizer, pairs, cfg.rm.max_length)  # pairs cut to rm.max_length
     exp = experience(cfg.policy, roles, rollouts, score, t)
     warming_critic = cfg.policy.algorithm == "ppo" and it <= cfg.policy.critic_warmup_iterations
     train_policy = not cfg.freeze_summarizer and not warming_critic
     m = update(cfg.policy, roles, exp, cfg.seed + it, t, "train summarizer", train_policy)
     with phase("train reward model", t, quiet=True):
         rng = np.random.default_rng([cfg.seed, it])  # per iteration: a resumed run draws the same pairs
+        trained_cut = {"n_rows": 0, "n_truncated_rows": 0}
         for _ in range(0 if cfg.freeze_reward_model else cfg.rm_updates_per_iter):
             r = rm.train_step(reward_model_pairs(cfg, data.train, rows, rollouts, pairs, data.candidates, rng))
             m.update(rm_loss=r["loss"], rm_accuracy=r["accuracy"], rm_grad_norm=r["grad_norm"])
+            trained_cut["n_rows"] += r["n_pairs"]
+            trained_cut["n_truncated_rows"] += r["n_truncated_pairs"]
+    if trained_cut["n_rows"]:
+        trained_cut["share"] = trained_cut["n_truncated_rows"] / trained_cut["n_rows"]
+        m.update(rm_trained_truncated_share=trained_cut["share"])
+    m.update(rm_scored_truncated_share=scored_cut["share"])
+    if truncation is not None and (warning := tally_truncation(truncation, it, scored_cut, trained_cut)):
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     new_version = sync_weights(roles, version, t, changed=train_policy)
     check_on_policy(rollouts, version, it)
     m.update(margin=float(margins.mean()), train_pair_accuracy=float((margins > 0).float().mean()))
@@ -159,7 +174,7 @@ def show_summaries(val: pa.Table, summaries: list[str], k: int) -> None:
         if user in seen or len(seen) >= k:
             continue
         seen.add(user)
-        print(f"  - user {user}: {text!r}\n      (truth: {truth})", flush=True)
+        print(f"  - user {user}: {text!r}" + ("" if truth is None else f"\n      (truth: {truth})"), flush=True)
 
 
 def validate_and_keep_best(cfg, roles, rm, data, it: int, best: dict, log, run_dir: Path, timings: dict) -> tuple:
@@ -168,7 +183,7 @@ def validate_and_keep_best(cfg, roles, rm, data, it: int, best: dict, log, run_d
     with phase("validate", timings, quiet=True):
         v, texts = validate(roles, data, rm)
     log.log(it, {k: x for k, x in v.items() if x is not None}, "validation")
-    print("  validation accuracy: " + ", ".join(f"{k} {_fmt(v[k])}" for k in ("all", "contested", "agreed")))
+    print("  validation accuracy: " + ", ".join(format_accuracy(v, k) for k in ("all", "contested", "agreed")))
     show_summaries(data.val, texts, cfg.show)
     if v["all"] > best["validation_accuracy"]:
         best = {"iteration": it, "validation_accuracy": v["all"], "validation": v}
@@ -180,19 +195,29 @@ def validate_and_keep_best(cfg, roles, rm, data, it: int, best: dict, log, run_d
 
 
 def run_label(cfg: PlusConfig) -> str:
-    """The run's label in comparison tables: PLUS, its algorithm and which side was frozen."""
+    """The run's label in comparison tables: its ``name`` if set, else PLUS, its algorithm and which side
+    was frozen (jobs.compare appends the settings that tell two unnamed groups with one label apart)."""
+    if cfg.name:
+        return cfg.name
     frozen = [side for side, on in (("summarizer", cfg.freeze_summarizer), ("RM", cfg.freeze_reward_model)) if on]
     return f"PLUS ({cfg.policy.algorithm}" + "".join(f", frozen {f}" for f in frozen) + ")"
 
 
 def write_evaluate_view(cfg: PlusConfig, run_dir: Path) -> Path:
     """run_dir/evaluate/: a TrainRMConfig (summary conditioning, greedy best summarizer) + links to best/,
-    last/ reward models, so that jobs.evaluate scores this run as it scores a train_rm run."""
+    last/ reward models, so that jobs.evaluate scores this run as it scores a train_rm run; and next to it
+    plus.yaml (``rlhf_cluster.runs.PLUS_VIEW_FILE``): this run's PlusConfig and label. The TrainRMConfig cannot
+    tell PLUS experiments apart (its summarizer is each run's own best/, and the PLUS settings — algorithm,
+    kl_coef, users_per_iter, … — have no place in it), so jobs.compare groups and labels the view by plus.yaml."""
+    import yaml
+
+    from rlhf_cluster.runs import PLUS_VIEW_FILE
+
     view = run_dir / "evaluate"
     view.mkdir(exist_ok=True)
     rm_cfg = TrainRMConfig(
         run_dir=str(view),
-        name=run_label(cfg),
+        name=cfg.name,
         seed=cfg.seed,
         data=cfg.data,
         train_split=cfg.train_split,
@@ -205,6 +230,12 @@ def write_evaluate_view(cfg: PlusConfig, run_dir: Path) -> Path:
         rollout_resources=cfg.rollout_resources,
     )
     (view / "config.yaml").write_text(dump_yaml(rm_cfg))
+    plus = {"label": run_label(cfg), "config": cfg.model_dump(mode="json")}
+    (view / PLUS_VIEW_FILE).write_text(
+        "# The jobs.plus run this view evaluates: jobs.compare groups it with the runs whose config differs only\n"
+        "# in seed, run_dir, ray, resources, show and checkpoint_every, and labels the group with `label`.\n"
+        + yaml.safe_dump(plus, sort_keys=False)
+    )
     for name in ("best", "last"):
         link = view / name
         if not link.is_symlink() and (run_dir / name / "reward_model").is_dir():
@@ -227,12 +258,13 @@ def load_data(cfg: PlusConfig) -> PlusData:
     tokenizer = load_tokenizer(cfg.models.summarizer)
     candidates = same_user_pair_rows(train) if cfg.rm_pairs == "user" else None
     requests = [build_requests(split, tokenizer, cfg.rollout, cfg.seed) for split in (train, val)]
+    rm_tokenizer = load_tokenizer(cfg.models.reward_model)
     print(
         f"  train {train.num_rows} rows, {cfg.rm.eval_split} {val.num_rows} rows; {cfg.users_per_iter} users × "
         f"{cfg.rollout.n_samples} summaries per iteration; reward model: {cfg.rm_updates_per_iter} step(s) per "
         "iteration on " + ("fresh pairs of each summary's user" if cfg.rm_pairs == "user" else "the scored pairs")
     )
-    return PlusData(train, val, *requests, candidates)
+    return PlusData(train, val, *requests, candidates, rm_tokenizer)
 
 
 def start_actors(cfg: PlusConfig) -> tuple[Roles, object]:
@@ -287,12 +319,14 @@ def main(argv=None) -> dict:
         roles, rm = start_actors(cfg)
         groups = {"policy": roles.policy, "reward_model": rm, **({"critic": roles.critic} if roles.critic else {})}
     start, version, best, last_val = 0, 0, {"iteration": 0, "validation_accuracy": -1.0}, {}
+    truncation = truncation_totals(cfg.rm.max_length, cfg.rm.truncation_side)
     if resumed:
         with phase("restore checkpoint", timings):
             start, version, best, last_val = (
                 resumed[k] for k in ("iteration", "weight_version", "best", "last_validation")
             )
             restore_groups(run_dir, groups, resumed)
+            truncation = resumed.get("truncation") or truncation
             if version > 0:  # the rollout engine samples with the restored policy, under its version
                 push_weights(roles, version)
             print(f"  resumed {run_dir} at iteration {start} (weight version {version})", flush=True)
@@ -301,7 +335,7 @@ def main(argv=None) -> dict:
         for it, rows in enumerate(user_batches(data.train.num_rows, cfg.users_per_iter, cfg.iterations, cfg.seed), 1):
             if it <= start:
                 continue  # the data order is replayed from the seed up to the checkpoint
-            m, version, t = plus_iteration(cfg, roles, rm, data, it, rows, version)
+            m, version, t = plus_iteration(cfg, roles, rm, data, it, rows, version, truncation)
             log.log(it, m, "train")
             for k, v in t.items():
                 timings[k] = round(timings.get(k, 0.0) + v, 3)
@@ -314,12 +348,15 @@ def main(argv=None) -> dict:
                 best, last_val = validate_and_keep_best(cfg, roles, rm, data, it, best, log, run_dir, timings)
             if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
                 driver = {"weight_version": version, "best": best, "last_validation": last_val, "timings_s": timings}
+                driver["truncation"] = truncation
                 with phase("checkpoint", timings, quiet=True):
                     save_checkpoint(run_dir, it, groups, {**driver, **must_match})
-    return finish(cfg, run_dir, roles, rm, groups, best, last_val, version, timings)
+    return finish(cfg, run_dir, roles, rm, groups, best, last_val, version, timings, truncation)
 
 
-def finish(cfg, run_dir: Path, roles: Roles, rm, groups: dict, best, last_val, version: int, timings) -> dict:
+def finish(
+    cfg, run_dir: Path, roles: Roles, rm, groups: dict, best, last_val, version: int, timings, truncation=None
+) -> dict:
     """Save last/, stop every actor, write the evaluate view and train_summary.json."""
     import ray
 
@@ -332,6 +369,7 @@ def finish(cfg, run_dir: Path, roles: Roles, rm, groups: dict, best, last_val, v
             ray.kill(actor)
     view = write_evaluate_view(cfg, run_dir)
     result = {"best": best, "last_validation": last_val, "weight_version": version, "timings_s": timings}
+    result["truncation"] = truncation
     (run_dir / "train_summary.json").write_text(json.dumps(result, indent=2))
     print(
         f"best validation accuracy {best['validation_accuracy']:.3f} at iteration {best['iteration']}; run dir "

@@ -24,7 +24,7 @@ from rlhf_cluster.config import TrainRMConfig
 from rlhf_cluster.data import read_split
 from rlhf_cluster.metrics import MetricsLogger, accuracy_by_subset
 from rlhf_cluster.progress import note, progress
-from rlhf_cluster.reward_model import conditioning_texts, pair_table
+from rlhf_cluster.reward_model import conditioning_texts, pair_table, truncation_line, truncation_stats
 from rlhf_cluster.sampling import epoch_batches
 from rlhf_cluster.timing import phase
 
@@ -46,6 +46,18 @@ def validate(group, pairs: pa.Table, contested) -> dict:
     return accuracy_by_subset(r_c, r_r, contested)
 
 
+def count_truncation(cfg: TrainRMConfig, pairs: dict[str, pa.Table]) -> dict:
+    """Per split: how many pairs exceed rm.max_length (tokenized here, without a model); prints a line each."""
+    from rlhf_cluster.models import load_tokenizer
+
+    rm, tokenizer = cfg.rm, load_tokenizer(cfg.models.reward_model)
+    out = {"max_length": rm.max_length, "truncation_side": rm.truncation_side}
+    for split, table in pairs.items():
+        out[split] = truncation_stats(tokenizer, table, rm.max_length)
+        print("  " + truncation_line(out[split], f"{split} pairs", rm.max_length, rm.truncation_side), flush=True)
+    return out
+
+
 def main(argv=None) -> dict:
     cfg = parse_config(TrainRMConfig, argv, prog="jobs.train_rm")
     run_dir = prepare_run_dir(cfg, cfg.run_dir)
@@ -64,6 +76,7 @@ def main(argv=None) -> dict:
         val_contested = val.column("contested").to_numpy(zero_copy_only=False)
         if rm.conditioning != "bt":
             print(f"  e.g. conditioning: {train_pairs.column('conditioning')[0].as_py()[:200]!r}")
+        truncation = count_truncation(cfg, {"train": train_pairs, "validation": val_pairs})
     with phase("start group", timings):
         from actors.reward_model import RewardModelGroup
         from rlhf_cluster.ray_setup import check_fits, init_ray
@@ -86,7 +99,8 @@ def main(argv=None) -> dict:
             if step % rm.eval_every == 0 or step == rm.steps:
                 v = validate(group, val_pairs, val_contested)
                 log.log(step, v, "validation")
-                note(f"  step {step}: validation accuracy {v['all']:.3f} (contested {v['contested']:.3f})")
+                contested = "" if v["contested"] is None else f" (contested {v['contested']:.3f})"
+                note(f"  step {step}: validation accuracy {v['all']:.3f}{contested}")
                 if v["all"] > best["validation_accuracy"]:
                     best = {"step": step, "validation_accuracy": v["all"], "validation": v}
                     group.save(str(run_dir / "best"))
@@ -96,7 +110,7 @@ def main(argv=None) -> dict:
     with phase("save", timings):
         group.save(str(run_dir / "last"))
         group.shutdown()
-    result = {"best": best, "timings_s": timings}
+    result = {"best": best, "truncation": truncation, "timings_s": timings}
     (run_dir / "train_summary.json").write_text(json.dumps(result, indent=2))
     print(f"best validation accuracy {best['validation_accuracy']:.3f} at step {best['step']}; run dir {run_dir}")
     print(f"next: python -m jobs.evaluate --run {run_dir}")

@@ -117,6 +117,12 @@ class MakeDataConfig(StrictModel):
         ..., description="Output directory: <split>.parquet per split, ceilings.json, dataset.json, README.md."
     )
     seed: int = Field(0, ge=0, description="Generator seed; the same seed gives byte-identical data.")
+    format: Literal["rlhf_cluster", "plus"] = Field(
+        "rlhf_cluster",
+        description="'rlhf_cluster': <split>.parquet in the example schema, with ceilings.json; 'plus': "
+        "<split>.jsonl in the public PLUS release's format (context as text, three target pairs per row, no "
+        "user_id and no ground truth, no ceilings): data as a user brings it, to test that path.",
+    )
     pets: PetsOptions = Field(default_factory=PetsOptions, description="Options of the pets generator.")
     personas: PersonasOptions = Field(default_factory=PersonasOptions, description="Options of the personas generator.")
 

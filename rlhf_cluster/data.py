@@ -2,28 +2,19 @@
 
 Files: ``.parquet``, ``.jsonl`` (one JSON object per line) or ``.json`` (one array of objects). A dataset
 directory holds one file per split, ``<dir>/<split>.parquet`` or ``<dir>/<split>.jsonl`` (``.json`` is not
-a split there: metadata such as ``ceilings.json`` lives beside the splits).
+a split there: metadata such as ``ceilings.json`` lives beside the splits). A split may also be a folder
+``<dir>/<split>/``: a Hugging Face ``datasets`` save_to_disk or ``*.parquet`` shards (see hf_input.py).
 
 Two row formats, told apart by their columns (or by ``format=``):
 
 * ``rlhf_cluster``: the columns of EXAMPLE_SCHEMA. Optional columns absent from the file become nulls;
   an absent or null ``context_messages`` becomes ``[]``.
-* ``plus``: the public PLUS release (Nam et al. 2025, github README of the PLUS code): ``context``,
-  ``context_messages``, ``chosen``/``rejected`` with ``reward_prompt`` (the held-out pair that scores the
-  summarizer), ``train_prompt/_chosen/_rejected`` (the reward model's pair), ``eval_prompt/_chosen/
-  _rejected`` (a held-out evaluation pair, optional). ``reward_chosen``/``reward_rejected`` are accepted as
-  aliases of ``chosen``/``rejected``. One PLUS row is one user's context, so it becomes one of our rows
-  per available triple, in the order reward, train, eval (``plus_pairs=`` picks which), all sharing that
-  context; a triple equal to an earlier one of the same row is emitted once (the PLUS README recommends
-  train_prompt == reward_prompt, which would otherwise double-count the pair). Our schema has no column
-  for which triple a row came from: ``ReadReport.plus_roles`` lists it per returned row. Conversions:
-  ``context_messages`` as a list of {role, content} is kept (other keys dropped); a list of conversations
-  is concatenated in order; a string becomes one user message. ``context`` as a list of {prompt, chosen,
-  rejected} becomes our ``context``; as a string or message list it is used for ``context_messages``
-  only when that column is absent (PLUS stores the same context both ways). A prompt given as a message
-  list must hold exactly one user message (its content is taken); a response given as a message list
-  contributes its last message. ``user_id`` (ints are turned into strings) is kept when present, else it
-  is ``<file stem>/<row>``: one user per row, stable across reads.
+* ``plus``: the public PLUS release (Nam et al. 2025): ``context``/``context_messages`` and up to three
+  target triples per row (reward, train, eval). One PLUS row becomes one of our rows per selected triple
+  (``plus_pairs=``, default reward and train; ``ReadReport.plus_roles`` says which triple each row came
+  from); the eval triple is held out as the split ``<stem>_eval``. Context pairs written as text are
+  recovered, the summarizer's instruction stripped and, without ``user_id``, ids derived from the
+  context: rlhf_cluster/plus_format.py has the rules; one line per file reports what was done.
 
 Validation: a bad row fails with ``DataError`` naming the file, the row (0-based; the line for JSONL)
 and the field: malformed JSON, wrong types, missing/null/empty/whitespace-only text, unknown message
@@ -49,20 +40,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rlhf_cluster.plus_format import PLUS_KEYS, PLUS_TRIPLES, RowProblem, describe_kind, describe_value, plus_rows
-from rlhf_cluster.schema import EXAMPLE_SCHEMA, MESSAGE_ROLES, REQUIRED_FIELDS
+from rlhf_cluster import hf_input
+from rlhf_cluster.plus_format import (
+    PLUS_DEFAULT_PAIRS,
+    PLUS_EVAL_SUFFIX,
+    PLUS_KEYS,
+    PLUS_TRIPLES,
+    PlusStats,
+    RowProblem,
+    describe_kind,
+    describe_value,
+    plus_rows,
+)
+from rlhf_cluster.row_checks import value_problems
+from rlhf_cluster.schema import EXAMPLE_SCHEMA, REQUIRED_FIELDS
 
 log = logging.getLogger(__name__)
 
 Format = Literal["auto", "rlhf_cluster", "plus"]
 
 SPLIT_SUFFIXES = (".parquet", ".jsonl")
-TEXT_FIELDS = ("user_id", "prompt", "chosen", "rejected")
 
 
 class DataError(ValueError):
@@ -94,6 +95,7 @@ class ReadReport:
     problems: list[Problem] = field(default_factory=list)  # one per skipped source row, in row order
     ignored_columns: list[str] = field(default_factory=list)
     plus_roles: list[str] | None = None  # PLUS only: "reward" / "train" / "eval" per returned row
+    plus_stats: PlusStats | None = None  # PLUS only: pairs recovered from text, ids derived, ...
 
     @property
     def n_skipped(self) -> int:
@@ -114,7 +116,7 @@ def read_examples_with_report(
     format: Format = "auto",
     skip_bad_rows: bool = False,
     limit: int | None = None,
-    plus_pairs: Iterable[str] = ("reward", "train", "eval"),
+    plus_pairs: Iterable[str] = PLUS_DEFAULT_PAIRS,
 ) -> tuple[pa.Table, ReadReport]:
     """Like ``read_examples``, also returning what was skipped, ignored and (PLUS) mapped.
 
@@ -130,11 +132,21 @@ def read_examples_with_report(
         cand = _from_plus(src, tuple(plus_pairs), report)
     else:
         cand = _from_rlhf_cluster(src, report)
-    for prob in _value_problems(cand.table):
+    for prob in value_problems(cand.table):
         cand.add_problem(*prob)
     table, roles = cand.finish(limit)
     _report_problems(path, cand.problems, src.n_rows, skip_bad_rows, report)
     report.n_rows, report.plus_roles = table.num_rows, roles if fmt == "plus" else None
+    if fmt == "plus":
+        roles_read = ", ".join(f"{r} {roles.count(r)}" for r in PLUS_TRIPLES if r in roles)
+        log.warning(
+            "%s: PLUS format: %d rows → %d pairs (%s); %s",
+            path,
+            src.n_rows,
+            table.num_rows,
+            roles_read or "none",
+            report.plus_stats.describe() or "nothing converted",
+        )
     return table, report
 
 
@@ -147,7 +159,7 @@ def write_examples(table: pa.Table, path: str | os.PathLike) -> Path:
     if extra:
         raise DataError(f"{path}: columns not in EXAMPLE_SCHEMA: {', '.join(extra)} (extend schema.py first)")
     loose = _conform_table(table, path)
-    problems = [Problem(r, None, f, why) for r, f, why in _value_problems(loose)]
+    problems = [Problem(r, None, f, why) for r, f, why in value_problems(loose)]
     if problems:
         raise DataError(f"cannot write {path}: {problems[0]}" + _more(len(problems)), problems)
     out = _strict(loose)
@@ -164,30 +176,56 @@ def write_examples(table: pa.Table, path: str | os.PathLike) -> Path:
 
 
 def list_splits(data_dir: str | os.PathLike) -> list[str]:
-    """Names of the splits in a dataset directory (files ending in .parquet or .jsonl)."""
+    """Names of the splits in a dataset directory (files ending in .parquet or .jsonl, split folders, and
+    ``<stem>_eval`` for the eval pairs held out of a PLUS-format file)."""
     d = Path(data_dir)
     if not d.is_dir():
         raise DataError(f"data directory {d} does not exist")
-    return sorted({p.stem for p in d.iterdir() if p.suffix in SPLIT_SUFFIXES and p.is_file()})
+    files = [p for p in d.iterdir() if p.suffix in SPLIT_SUFFIXES and p.is_file()]
+    held_out = {p.stem + PLUS_EVAL_SUFFIX for p in files if _has_plus_eval(p)}  # PLUS eval pairs: a split
+    return sorted({p.stem for p in files} | set(hf_input.dir_splits(d)) | held_out)
 
 
 def split_path(data_dir: str | os.PathLike, split: str) -> Path:
-    """The file of ``split`` in ``data_dir``; a DataError lists the available splits when missing."""
-    found = [Path(data_dir) / f"{split}{s}" for s in SPLIT_SUFFIXES if (Path(data_dir) / f"{split}{s}").is_file()]
+    """The file (or folder) of ``split`` in ``data_dir``; a DataError lists the available splits when missing."""
+    d = Path(data_dir)
+    found = [d / f"{split}{s}" for s in SPLIT_SUFFIXES if (d / f"{split}{s}").is_file()]
+    found += [d / split] if hf_input.is_split_dir(d / split) else []
     if len(found) == 1:
         return found[0]
     if found:
         raise DataError(f"split '{split}' is ambiguous in {data_dir}: both {found[0].name} and {found[1].name}")
     available = list_splits(data_dir)
     raise DataError(
-        f"no split '{split}' in {data_dir} (looked for {split}.parquet, {split}.jsonl); "
+        f"no split '{split}' in {data_dir} (looked for {split}.parquet, {split}.jsonl, {split}/); "
         f"available splits: {', '.join(available) if available else 'none'}"
     )
 
 
 def read_split(data_dir: str | os.PathLike, split: str, **kw: Any) -> pa.Table:
-    """``read_examples`` of ``<data_dir>/<split>.parquet`` or ``.jsonl``."""
+    """``read_examples`` of ``<data_dir>/<split>.parquet``, ``.jsonl`` or split folder ``<split>/``;
+    ``<stem>_eval`` with no file of its own is the eval pairs held out of the PLUS-format split ``<stem>``."""
+    d, base = Path(data_dir), split.removesuffix(PLUS_EVAL_SUFFIX)
+    own = [d / f"{split}{s}" for s in SPLIT_SUFFIXES] + [d / split]
+    if split != base and not any(p.exists() for p in own) and _has_plus_eval(path := split_path(d, base)):
+        return read_examples(path, **{**kw, "plus_pairs": ("eval",)})
     return read_examples(split_path(data_dir, split), **kw)
+
+
+def _has_plus_eval(path: Path) -> bool:
+    """Whether a split file is in the PLUS format with eval pairs (checked cheaply: schema / text)."""
+    if path.suffix == ".parquet":
+        names = pq.read_schema(path).names
+        return "eval_prompt" in names and "prompt" not in names
+    if path.suffix != ".jsonl" or not path.is_file():
+        return False
+    with open(path, encoding="utf-8") as f:
+        first = next((line for line in f if line.strip()), "")
+        has_eval = '"eval_prompt"' in first or any('"eval_prompt"' in line for line in f)
+    try:
+        return has_eval and "prompt" not in json.loads(first)
+    except (json.JSONDecodeError, TypeError):
+        return False
 
 
 # --------------------------------------------------------------------------------------- loading
@@ -203,25 +241,24 @@ class _Source:
     table: pa.Table | None = None
     lines: list[int] | None = None  # JSONL line number of each row
     bad_json: dict[int, str] = field(default_factory=dict)  # row -> parse error
+    shards: list[tuple[str, int]] = field(default_factory=list)  # folders: (shard file, its first row)
 
     @property
     def n_rows(self) -> int:
         return self.table.num_rows if self.table is not None else len(self.records)
 
     def problem(self, row: int, field_: str, reason: str) -> Problem:
-        return Problem(row, self.lines[row] if self.lines else None, field_, reason)
+        line = self.lines[row] if self.lines else None
+        return Problem(row, line, field_, reason + hf_input.shard_note(self.shards, row))
 
 
 def _load(path: Path, limit: int | None) -> _Source:
+    if path.is_dir() or (path.suffix == ".parquet" and path.is_file()):
+        table, shards = hf_input.read_table(path)  # a Parquet file, a datasets save_to_disk, Parquet shards
+        table = table.slice(0, limit) if limit is not None else table
+        return _Source(path, table.column_names, table=table, shards=shards)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    if path.suffix == ".parquet":
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as err:
-            raise DataError(f"{path}: not a readable Parquet file: {err}") from None
-        table = table.slice(0, limit) if limit is not None else table
-        return _Source(path, table.column_names, table=table)
     if path.suffix == ".jsonl":
         return _load_jsonl(path, limit)
     if path.suffix == ".json":
@@ -446,91 +483,8 @@ def _from_plus(src: _Source, pairs: tuple[str, ...], report: ReadReport) -> _Can
     _warn_ignored(src.path, report.ignored_columns)
     if src.records is None:
         src.records = src.table.to_pylist()
-    return _from_records(src, lambda rec, i: plus_rows(rec, pairs, f"{src.path.stem}/{i}"))
-
-
-# ------------------------------------------------------------------------------- value checks
-
-
-def _value_problems(t: pa.Table) -> list[tuple[int, str, str]]:
-    """(table row, field, reason) for every failed value check, vectorized over the loose table."""
-    out: list[tuple[int, str, str]] = []
-    for name in TEXT_FIELDS:
-        col = _array(t, name)
-        out += _rows(pc.is_null(col), name, "is missing or null")
-        out += _rows(_is_blank(col), name, "is empty or whitespace-only")
-    out += _rows(pc.is_null(_array(t, "context")), "context", "is missing or null (use [] for no context)")
-    out += _rows(
-        pc.equal(_array(t, "chosen"), _array(t, "rejected")),
-        "chosen",
-        "chosen == rejected: the pair states no preference",
-    )
-    out += _context_problems(t)
-    out += _message_problems(t)
-    return out
-
-
-def _context_problems(t: pa.Table) -> list[tuple[int, str, str]]:
-    ctx = _array(t, "context")
-    flat, parents = pc.list_flatten(ctx), pc.list_parent_indices(ctx)
-    fields = {k: pc.struct_field(flat, k) for k in ("prompt", "chosen", "rejected")}
-    checks = [(pc.is_null(flat), "", "is null")]
-    for k, col in fields.items():
-        checks += [
-            (pc.is_null(col), f".{k}", "is missing or null"),
-            (_is_blank(col), f".{k}", "is empty or whitespace-only"),
-        ]
-    checks.append((pc.equal(fields["chosen"], fields["rejected"]), "", "chosen == rejected in a context pair"))
-    tp, tc, tr = (pc.take(_array(t, k), parents) for k in ("prompt", "chosen", "rejected"))
-    same_pair = pc.or_(
-        pc.and_(pc.equal(fields["chosen"], tc), pc.equal(fields["rejected"], tr)),
-        pc.and_(pc.equal(fields["chosen"], tr), pc.equal(fields["rejected"], tc)),
-    )
-    leak = pc.and_(pc.equal(fields["prompt"], tp), same_pair)
-    checks.append((leak, "", "the target pair appears in its own context (label leak)"))
-    return _nested_rows(parents, "context", checks)
-
-
-def _message_problems(t: pa.Table) -> list[tuple[int, str, str]]:
-    msgs = _array(t, "context_messages")
-    flat, parents = pc.list_flatten(msgs), pc.list_parent_indices(msgs)
-    role, content = pc.struct_field(flat, "role"), pc.struct_field(flat, "content")
-    roles = ", ".join(MESSAGE_ROLES)
-    checks = [
-        (pc.is_null(flat), "", "is null"),
-        (pc.is_null(role), ".role", "is missing or null"),
-        (pc.invert(pc.is_in(role, pa.array(MESSAGE_ROLES))), ".role", f"unknown role (expected one of {roles})"),
-        (pc.is_null(content), ".content", "is missing or null"),
-        (_is_blank(content), ".content", "is empty or whitespace-only"),
-    ]
-    return _nested_rows(parents, "context_messages", checks)
-
-
-def _rows(mask: pa.Array, name: str, reason: str) -> list[tuple[int, str, str]]:
-    return [(int(r), name, reason) for r in np.flatnonzero(_np(mask))]
-
-
-def _nested_rows(parents: pa.Array, name: str, checks: list) -> list[tuple[int, str, str]]:
-    """Failed checks on flattened list items, named by their position in their own row's list."""
-    parents_np = parents.to_numpy(zero_copy_only=False)
-    out = []
-    for mask, sub, reason in checks:
-        idx = np.flatnonzero(_np(mask))
-        pos = idx - np.searchsorted(parents_np, parents_np[idx])  # parents are sorted: first item of row
-        out += [(int(parents_np[i]), f"{name}[{p}]{sub}", reason) for i, p in zip(idx, pos)]
-    return out
-
-
-def _is_blank(col: pa.Array) -> pa.Array:
-    return pc.equal(pc.utf8_trim_whitespace(col), "")
-
-
-def _np(mask: pa.Array) -> np.ndarray:
-    return pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
-
-
-def _array(t: pa.Table, name: str) -> pa.Array:
-    return t.column(name).combine_chunks()
+    report.plus_stats = stats = PlusStats()
+    return _from_records(src, lambda rec, i: plus_rows(rec, pairs, f"{src.path.stem}/{i}", stats))
 
 
 # ------------------------------------------------------------------------------------- helpers

@@ -75,7 +75,9 @@ class MetricsLogger:
     """Append metrics to ``run_dir/metrics.jsonl`` and (optionally) TensorBoard ``run_dir/tb``.
 
     Non-finite values (nan, inf) are written as ``null`` in the JSONL file, which stays strict JSON,
-    and as they are to TensorBoard. Use as a context manager or call ``close()``.
+    and as they are to TensorBoard. ``None`` (a metric not available for this data, e.g. contested accuracy
+    without ``contested`` flags) is written as ``null`` and not to TensorBoard. Use as a context manager or
+    call ``close()``.
     """
 
     def __init__(self, run_dir: str | Path, tensorboard: bool = True, keep_until_step: int | None = None):
@@ -103,14 +105,16 @@ class MetricsLogger:
         clash = [k for k in metrics if k in RESERVED_KEYS]
         if clash:
             raise ValueError(f"metric names {clash} clash with the record keys {RESERVED_KEYS}")
-        values = {k: float(v) for k, v in metrics.items()}  # tensors, numpy scalars -> float
+        # tensors, numpy scalars -> float; None (not available: e.g. contested accuracy on data without flags)
+        values = {k: None if v is None else float(v) for k, v in metrics.items()}
         record = {"step": int(step), "split": split, "time": time.time()}
-        record.update({k: (v if math.isfinite(v) else None) for k, v in values.items()})
+        record.update({k: (v if v is not None and math.isfinite(v) else None) for k, v in values.items()})
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._writer is not None:
             for name, value in values.items():
-                self._writer.add_scalar(f"{split}/{name}", value, int(step))
+                if value is not None:
+                    self._writer.add_scalar(f"{split}/{name}", value, int(step))
             self._writer.flush()
         return record
 
@@ -235,6 +239,40 @@ def summary_information(user_ids: Sequence[str], summaries: Sequence[str], truth
         "conditional_entropy_bits": sum(sum(c.values()) / n * entropy(c.values()) for c in joint.values()),
         "majority_share": sum(max(c.values()) for c in joint.values()) / n,
     }
+
+
+def binomial_ci95(p: float | None, n: int) -> float | None:
+    """Half width of the 95 % normal-approximation (Wald) interval of an accuracy p measured on n pairs:
+    1.96 · √(p(1 − p) / n); None without a value. A lower bound on the noise when rows are not independent
+    (rows of one user share a summary's quality)."""
+    if p is None or n <= 0:
+        return None
+    return _Z975 * (p * (1.0 - p) / n) ** 0.5
+
+
+def format_accuracy(v: Mapping[str, Any], subset: str) -> str:
+    """'all 0.875 ± 0.081 (n=64)' from ``accuracy_by_subset``'s dict; 'contested n/a' without a value."""
+    n = int(v.get("n" if subset == "all" else f"n_{subset}") or 0)
+    value, half = v.get(subset), binomial_ci95(v.get(subset), n)
+    if value is None:
+        return f"{subset} n/a"
+    return f"{subset} {value:.3f}" + ("" if half is None else f" ± {half:.3f} (n={n})")
+
+
+# ------------------------------------------------------------------------------ learning curves
+
+
+def saturation(steps: Sequence[int], values: Sequence[float | None], tol: float = 0.01) -> dict:
+    """Where a validation curve stops improving: its best value and step, and the first step whose value is
+    within ``tol`` of the best (``saturated_at``; later steps gain less than ``tol``). None values (not
+    measured) are skipped; an empty curve gives Nones. ``improving_at_end``: the best is the last point, so
+    more steps may still help."""
+    points = [(int(s), float(v)) for s, v in zip(steps, values) if v is not None]
+    if not points:
+        return {"best": None, "best_step": None, "saturated_at": None, "improving_at_end": None}
+    best_step, best = max(points, key=lambda p: (p[1], -p[0]))
+    first = next(s for s, v in points if v >= best - tol)
+    return {"best": best, "best_step": best_step, "saturated_at": first, "improving_at_end": best_step == points[-1][0]}
 
 
 # ------------------------------------------------------------------------------ across seeds

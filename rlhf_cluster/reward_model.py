@@ -80,12 +80,14 @@ def pair_table(examples: pa.Table, conditioning: Sequence[str | None]) -> pa.Tab
 
 @dataclasses.dataclass
 class EncodedPairs:
-    """Chosen rows then rejected rows, stacked: ids/mask [2B, T]; ``n_truncated`` sequences were cut."""
+    """Chosen rows then rejected rows, stacked: ids/mask [2B, T]; ``n_truncated`` sequences were cut, in
+    ``n_truncated_pairs`` pairs (chosen or rejected cut)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     n_pairs: int
     n_truncated: int
+    n_truncated_pairs: int = 0
 
 
 def encode_texts(
@@ -143,7 +145,77 @@ def encode_pairs(
         max_length,
         truncation_side,
     )
-    return EncodedPairs(enc.input_ids, enc.attention_mask, batch.num_rows, sum(enc.truncated))
+    n, cut = batch.num_rows, enc.truncated
+    pairs_cut = sum(c or r for c, r in zip(cut[:n], cut[n:]))
+    return EncodedPairs(enc.input_ids, enc.attention_mask, n, sum(cut), pairs_cut)
+
+
+# ---------------------------------------------------------------------------------- truncation
+
+
+def truncation_stats(tokenizer, pairs: pa.Table, max_length: int) -> dict:
+    """How many pairs of a REWARD_PAIR_SCHEMA table ``encode_pairs`` would cut, counted without a model.
+
+    A pair (row) is cut when its chosen or its rejected input is longer than ``max_length`` tokens.
+    Returns n_rows, n_truncated_rows, share (= n_truncated_rows / n_rows), n_truncated_sequences
+    (chosen and rejected counted apart, as ``EncodedPairs.n_truncated``) and max_tokens (the longest input).
+    """
+    check_batch(pairs, REWARD_PAIR_SCHEMA, "truncation_stats")
+    cols, n = pairs.to_pydict(), pairs.num_rows
+    ids = encode_texts(tokenizer, cols["conditioning"] * 2, cols["prompt"] * 2, cols["chosen"] + cols["rejected"])
+    lengths = [len(x) for x in ids]
+    cut = sum(max(c, r) > max_length for c, r in zip(lengths[:n], lengths[n:]))
+    return {
+        "n_rows": n,
+        "n_truncated_rows": cut,
+        "share": cut / n if n else 0.0,
+        "n_truncated_sequences": sum(x > max_length for x in lengths),
+        "max_tokens": max(lengths, default=0),
+    }
+
+
+def truncation_line(stats: dict, what: str, max_length: int, truncation_side: str) -> str:
+    """One line for a job's output: e.g. ``37 of 512 train pairs (7.2 %) exceed rm.max_length=512 …``."""
+    longest = f" (longest {stats['max_tokens']})" if stats.get("max_tokens") else ""
+    if not stats["n_truncated_rows"]:
+        return f"truncation: none of {stats['n_rows']} {what} exceed rm.max_length={max_length} tokens{longest}"
+    cuts = "their start (the conditioning)"
+    if truncation_side != "left":
+        cuts = "their end (the response, where the reward is read)"
+    return (
+        f"truncation: {stats['n_truncated_rows']} of {stats['n_rows']} {what} ({100 * stats['share']:.1f} %) "
+        f"exceed rm.max_length={max_length} tokens{longest}; truncation_side={truncation_side} cuts {cuts}"
+    )
+
+
+def truncation_totals(max_length: int, truncation_side: str) -> dict:
+    """Run totals of reward-model pairs cut to max_length: scored (e.g. the RL reward) and trained (BT steps)."""
+    rows = {"n_rows": 0, "n_truncated_rows": 0, "share": 0.0}
+    return {
+        "max_length": max_length,
+        "truncation_side": truncation_side,
+        "first_iteration": None,  # the first iteration where any pair was cut
+        "scored": {**rows, "max_tokens": 0},
+        "trained": dict(rows),
+    }
+
+
+def tally_truncation(totals: dict, it: int, scored: dict, trained: dict) -> str | None:
+    """Add one iteration's counts (``truncation_stats``-shaped) to ``totals``; returns a warning line at the
+    first iteration where any pair was cut, else None."""
+    for kind, stats in (("scored", scored), ("trained", trained)):
+        t = totals[kind]
+        t["n_rows"] += stats["n_rows"]
+        t["n_truncated_rows"] += stats["n_truncated_rows"]
+        t["share"] = t["n_truncated_rows"] / t["n_rows"] if t["n_rows"] else 0.0
+        if "max_tokens" in t:
+            t["max_tokens"] = max(t["max_tokens"], stats["max_tokens"])
+    if totals["first_iteration"] is not None or not (scored["n_truncated_rows"] or trained["n_truncated_rows"]):
+        return None
+    totals["first_iteration"] = it
+    kind, stats = ("scored", scored) if scored["n_truncated_rows"] else ("trained", trained)
+    line = truncation_line(stats, f"{kind} reward-model pairs", totals["max_length"], totals["truncation_side"])
+    return f"iteration {it}: {line} (per iteration: rm_scored_truncated_share, rm_trained_truncated_share in metrics)"
 
 
 # ------------------------------------------------------------------------------------- forward

@@ -13,6 +13,10 @@ from pydantic import ValidationError
 from rlhf_cluster.cli import ConfigError
 from rlhf_cluster.config import PlusConfig, TrainRMConfig
 
+# Next to a jobs.plus evaluate/ view's config.yaml: {"label": ..., "config": the PlusConfig}. jobs.plus writes
+# it; jobs.compare groups and labels the view by it (the view's TrainRMConfig cannot tell PLUS experiments apart).
+PLUS_VIEW_FILE = "plus.yaml"
+
 
 def read_run(run_dir: Path, which: str = "best") -> dict:
     """What a jobs.plus or jobs.train_rm run directory holds, from its config.yaml and checkpoints: the
@@ -53,3 +57,22 @@ def pick_checkpoint(run_dir: Path, which: str, inner: str) -> Path:
             return run_dir / name
     tried = ", ".join(str(run_dir / n / inner) for n in order)
     raise ConfigError(f"  run_dir {run_dir}: no checkpoint (tried {tried})")
+
+
+def expand_run_dirs(spec: list[str] | str, flag: str = "--runs") -> list[Path]:
+    """Run directories from paths and glob patterns, in the order given (glob matches sorted; a run named
+    twice counts once). A ValueError names a pattern that matches nothing or a directory that is missing."""
+    import glob
+
+    out: list[Path] = []
+    for item in [spec] if isinstance(spec, str) else spec:
+        if any(c in item for c in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(item) if Path(p).is_dir())
+            if not matches:
+                raise ValueError(f"{flag} pattern {item!r} matches no directory")
+            out += matches
+        elif not Path(item).is_dir():
+            raise ValueError(f"run directory {item} does not exist")
+        else:
+            out.append(Path(item))
+    return list(dict.fromkeys(out))

@@ -18,6 +18,7 @@ from rlhf_cluster.data import (
     split_path,
     write_examples,
 )
+from rlhf_cluster.plus_format import recover_pairs, to_plus_rows
 from rlhf_cluster.sampling import draw_same_user_rows, same_user_pair_rows
 from rlhf_cluster.schema import EXAMPLE_SCHEMA
 
@@ -181,26 +182,92 @@ def test_write_refuses_bad_tables(tmp_path):
 # ---------------------------------------------------------------------------------------- PLUS
 
 
-def test_plus_fixture_maps_each_triple_to_a_row():
-    table, report = read_examples_with_report(PLUS_FIXTURE)
+def test_plus_fixture_maps_each_triple_to_a_row_and_holds_out_eval(caplog):
+    with caplog.at_level(logging.WARNING, logger="rlhf_cluster.data"):
+        table, report = read_examples_with_report(PLUS_FIXTURE)
     assert report.format == "plus" and report.ignored_columns == []
-    # row 0: reward, train, eval triples; row 1: train == reward, emitted once
-    assert report.plus_roles == ["reward", "train", "eval", "reward"]
-    assert table.column("user_id").to_pylist() == ["plus_tiny/0"] * 3 + ["plus_tiny/1"]
-    assert table.column("prompt").to_pylist()[:3] == [
-        "Tell me about a good pet.",
-        "Which pet is best for a family?",
-        "Describe an ideal companion animal.",
-    ]
+    # row 0: reward, train (eval held out); row 1: train == reward, emitted once
+    assert report.plus_roles == ["reward", "train", "reward"]
+    users = table.column("user_id").to_pylist()  # no user_id column: derived from the context
+    assert users[0] == users[1] != users[2] and all(u.startswith("ctx-") and len(u) == 16 for u in users)
+    assert table.column("prompt").to_pylist()[:2] == ["Tell me about a good pet.", "Which pet is best for a family?"]
     assert table.column("chosen")[0].as_py() == "Birds are cheerful, kind companions."
-    msgs = table.column("context_messages")[0].as_py()
-    assert [m["role"] for m in msgs] == ["system", "user"] and msgs[1]["content"].endswith("##Summary")
-    assert table.column("context").to_pylist() == [[]] * 4  # PLUS contexts are conversations, not pairs
+    # the context text's two blocks became pairs; the instruction and the system message are gone
+    assert table.column("context")[0].as_py() == [
+        pair("What pet should I get?", "A parrot: gentle and friendly.", "A guard dog that bites strangers."),
+        pair("Which animal is calm?", "A cat that ignores you.", "A rabbit."),
+    ]
+    assert table.column("context_messages").to_pylist() == [[]] * 3
+    assert "2 rows → 3 pairs (reward 2, train 1); context pairs recovered from text in 2 of 2 rows (3 pairs)" in (
+        caplog.text
+    )
+    assert "ids derived from the context for 2 rows" in caplog.text
 
 
 def test_plus_pairs_selects_triples():
-    _, report = read_examples_with_report(PLUS_FIXTURE, plus_pairs=("eval",), skip_bad_rows=True)
-    assert report.plus_roles == ["eval"] and report.n_skipped == 1  # row 1 has no eval pair
+    table, report = read_examples_with_report(PLUS_FIXTURE, plus_pairs=("eval",))
+    assert report.plus_roles == ["eval"] and report.n_skipped == 0  # row 1 has no eval pair: not a bad row
+    assert report.plus_stats.unselected_rows == 1
+    assert table.column("prompt").to_pylist() == ["Describe an ideal companion animal."]
+    all_three = read_examples_with_report(PLUS_FIXTURE, plus_pairs=("reward", "train", "eval"))[1]
+    assert all_three.plus_roles == ["reward", "train", "eval", "reward"]
+
+
+def test_plus_ids_are_one_per_person_across_files(tmp_path):
+    rec = json.loads(PLUS_FIXTURE.read_text().splitlines()[0])
+    a = read_examples(write_jsonl(tmp_path / "train.jsonl", [rec]))
+    b = read_examples(write_jsonl(tmp_path / "validation.jsonl", [{"x": 1}, rec]), skip_bad_rows=True)
+    assert set(a.column("user_id").to_pylist()) == set(b.column("user_id").to_pylist())
+    given = read_examples(write_jsonl(tmp_path / "ids.jsonl", [{**rec, "user_id": 5}]))
+    assert set(given.column("user_id").to_pylist()) == {"5"}
+
+
+def test_recover_pairs_from_release_text():
+    text = (
+        "Question: Two\nlines?\nResponse A: a1\nResponse B: b1\nThe user preferred Response B.\n\n"
+        "Question: q2\nResponse A: a2\nResponse B: b2\nThe user preferred Response A.\n\n"
+        "Start your response with ##Summary"
+    )
+    assert recover_pairs(text) == [pair("Two\nlines?", "b1", "a1"), pair("q2", "a2", "b2")]
+    assert recover_pairs("I like cats.\n\n" + text) is None  # other text: kept as a message
+    assert recover_pairs("Start your response with ##Summary") is None
+
+
+def test_our_rows_exported_as_plus_read_back_with_the_same_pairs(tmp_path):
+    ctx = [pair("c1", "yes\nreally", "no"), pair("c2", "a", "b")]  # multi-line text, chosen as A then B
+    rows = [row(k, user_id="ann", context=ctx, contested=True) for k in range(4)] + [row(9)]
+    plus = to_plus_rows(rows)
+    assert len(plus) == 3 and "user_id" not in plus[0] and "contested" not in plus[0]  # ann: 3 + 1 pairs; u9: 1
+    assert plus[0]["context"].endswith("Start your response with ##Summary") and "eval_prompt" not in plus[1]
+    path = write_jsonl(tmp_path / "train.jsonl", plus)
+    reward_train = read_examples(path)
+    held_out = read_examples(path, plus_pairs=("eval",))
+    back = reward_train.to_pylist() + held_out.to_pylist()
+    key = lambda r: (r["prompt"], r["chosen"], r["rejected"])  # noqa: E731
+    assert sorted(map(key, back)) == sorted(map(key, rows))  # every pair once: none lost, none doubled
+    assert held_out.column("prompt").to_pylist() == ["question 2"]
+    for r in back:
+        want = ctx if r["prompt"] != "question 9" else rows[-1]["context"]
+        assert r["context"] == want and r["context_messages"] == [] and r["contested"] is None
+    ann = {r["user_id"] for r in back if r["prompt"] != "question 9"}
+    assert len(ann) == 1 and ann != {r["user_id"] for r in back if r["prompt"] == "question 9"}
+    with pytest.raises(ValueError, match="user ann: rows with different contexts"):
+        to_plus_rows([row(0, user_id="ann"), row(1, user_id="ann")])
+
+
+def test_plus_text_that_is_not_pairs_is_kept_without_the_instruction(tmp_path):
+    rec = {
+        "context": "I like cats and short answers.\n\nStart your response with ##Summary",
+        "reward_prompt": "q",
+        "chosen": "x",
+        "rejected": "y",
+    }
+    table, report = read_examples_with_report(write_jsonl(tmp_path / "p.jsonl", [rec]))
+    msgs = table.column("context_messages")[0].as_py()
+    assert msgs == [{"role": "user", "content": "I like cats and short answers."}]
+    assert table.column("context")[0].as_py() == []
+    stats = report.plus_stats
+    assert (stats.text_context_rows, stats.recovered_rows, stats.instructions_stripped) == (1, 0, 1)
 
 
 def test_plus_variants_convert(tmp_path):
@@ -216,7 +283,8 @@ def test_plus_variants_convert(tmp_path):
         },
     ]
     table = read_examples(write_jsonl(tmp_path / "p.jsonl", rows), format="plus")
-    assert table.column("user_id").to_pylist() == ["7", "p/1"]
+    assert table.column("user_id").to_pylist()[0] == "7"
+    assert table.column("user_id")[1].as_py().startswith("ctx-")  # no id: derived from its context
     assert table.column("context_messages")[0].as_py() == [{"role": "user", "content": "past chats as text"}]
     assert [m["content"] for m in table.column("context_messages")[1].as_py()] == ["a", "b"]
     assert table.column("prompt")[1].as_py() == "q2" and table.column("chosen")[1].as_py() == "x2"
@@ -295,3 +363,13 @@ def test_draw_same_user_rows_distinct_while_candidates_last():
     assert out[5:].tolist() == [3, 3]  # no candidate: the row keeps its own pair
     again = draw_same_user_rows(candidates, rows, np.random.default_rng(0))
     assert again.tolist() == out.tolist()  # seeded: a resumed run draws the same rows
+
+
+def test_plus_eval_pairs_are_a_split_of_their_own(tmp_path):
+    (tmp_path / "train.jsonl").write_text(PLUS_FIXTURE.read_text())
+    write_jsonl(tmp_path / "validation.jsonl", [row(0)])  # our format: no held-out split
+    assert list_splits(tmp_path) == ["train", "train_eval", "validation"]
+    assert read_split(tmp_path, "train_eval").column("prompt").to_pylist() == ["Describe an ideal companion animal."]
+    assert "Describe an ideal companion animal." not in read_split(tmp_path, "train").column("prompt").to_pylist()
+    write_jsonl(tmp_path / "train_eval.jsonl", [row(1)])  # a real file of that name wins
+    assert read_split(tmp_path, "train_eval").column("prompt").to_pylist() == ["question 1"]

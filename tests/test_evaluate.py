@@ -178,6 +178,17 @@ def _must_not_run(*args, **kwargs):
     raise AssertionError("summaries were cached: the summarizer must not run")
 
 
+def test_evaluate_data_with_only_train_and_validation_says_what_to_do(run_dir, tiny_data, tmp_path, capsys):
+    mine = tmp_path / "mydata"
+    mine.mkdir()
+    for split in ("train", "validation"):
+        shutil.copy(tiny_data / f"{split}.parquet", mine / f"{split}.parquet")
+    with pytest.raises(SystemExit) as exc:
+        evaluate_job.main(["--run", str(run_dir), "--data", str(mine)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "no test split" in err and "--splits '[validation]'" in err
+
+
 @pytest.mark.parametrize("case", ["no_dir", "no_config", "no_checkpoint"])
 def test_evaluate_bad_run_dir_exits_2(case, tmp_path, tiny_data, capsys):
     run = tmp_path / "run"

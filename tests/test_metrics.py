@@ -11,10 +11,13 @@ import torch
 from rlhf_cluster.metrics import (
     MetricsLogger,
     accuracy_by_subset,
+    binomial_ci95,
+    format_accuracy,
     mean_ci95,
     pair_correct,
     per_user_accuracy,
     read_metrics,
+    saturation,
     summary_information,
     t_quantile_975,
 )
@@ -114,7 +117,7 @@ def test_metrics_logger_writes_jsonl_and_tensorboard(tmp_path):
     with MetricsLogger(tmp_path) as log:
         log.log(1, {"loss": 0.7, "accuracy": torch.tensor(0.5)})
         log.log(2, {"loss": float("nan")})
-        log.log(2, {"accuracy": 0.75}, split="validation")
+        log.log(2, {"accuracy": 0.75, "contested": None}, split="validation")  # None: not available
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]  # strict JSON: nan became null
     assert records[0]["step"] == 1 and records[0]["split"] == "train" and records[0]["accuracy"] == 0.5
@@ -129,6 +132,7 @@ def test_metrics_logger_writes_jsonl_and_tensorboard(tmp_path):
     acc.Reload()
     assert {"train/loss", "train/accuracy", "validation/accuracy"} <= set(acc.Tags()["scalars"])
     assert [(e.step, e.value) for e in acc.Scalars("validation/accuracy")] == [(2, 0.75)]
+    assert records[2]["contested"] is None and "validation/contested" not in acc.Tags()["scalars"]
 
 
 def test_metrics_logger_appends_and_refuses_reserved_names(tmp_path):
@@ -140,3 +144,21 @@ def test_metrics_logger_appends_and_refuses_reserved_names(tmp_path):
         log.log(2, {"loss": 0.5})
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
     assert not (tmp_path / "tb").exists()
+
+
+def test_saturation_of_a_validation_curve():
+    # best 0.80 first at step 300; 0.795 at step 200 is within 0.01 of it: saturated there
+    sat = saturation([100, 200, 300, 400], [0.60, 0.795, 0.80, None], tol=0.01)
+    assert sat == {"best": 0.80, "best_step": 300, "saturated_at": 200, "improving_at_end": True}
+    sat = saturation([1, 2, 3], [0.9, 0.5, 0.7], tol=0.0)  # the best first: no later step gains
+    assert sat == {"best": 0.9, "best_step": 1, "saturated_at": 1, "improving_at_end": False}
+    assert saturation([1], [None])["best"] is None
+
+
+def test_validation_accuracy_is_printed_with_its_binomial_half_width():
+    assert binomial_ci95(0.875, 64) == pytest.approx(1.959964 * math.sqrt(0.875 * 0.125 / 64))
+    assert round(binomial_ci95(0.875, 64), 3) == 0.081 and binomial_ci95(None, 0) is None
+    v = {"all": 0.875, "contested": None, "agreed": 0.9, "n": 64, "n_contested": 0, "n_agreed": 40}
+    assert format_accuracy(v, "all") == "all 0.875 ± 0.081 (n=64)"
+    assert format_accuracy(v, "contested") == "contested n/a"  # data without contested flags
+    assert format_accuracy(v, "agreed") == "agreed 0.900 ± 0.093 (n=40)"

@@ -67,7 +67,13 @@ def test_plus_runs_and_logs_each_iteration(tiny_data, tiny_models, tmp_path):
     assert max((after[k] - before[k]).abs().max().item() for k in before) > 0
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["weight_version"] == 3 and set(PHASES) <= {k.replace(" ", "_") for k in summary["timings_s"]}
+    cut = summary["truncation"]  # 3 iterations × 4 users × 2 summaries, scored and trained (1 RM step)
+    assert (cut["max_length"], cut["scored"]["n_rows"], cut["trained"]["n_rows"]) == (384, 24, 24)
+    assert 0 < cut["scored"]["max_tokens"] and all(0.0 <= e["rm_scored_truncated_share"] <= 1.0 for e in train)
+    assert all(0.0 <= e["rm_trained_truncated_share"] <= 1.0 for e in train)
     assert (run / "evaluate" / "config.yaml").is_file() and (run / "evaluate" / "best").is_dir()
+    assert (run / "evaluate" / "plus.yaml").is_file()  # the PLUS settings jobs.compare groups the view by
+    assert "  validation accuracy: all " in proc.stdout and " (n=8)" in proc.stdout  # ± binomial half width
 
 
 def _train_events(run) -> dict[int, dict]:
@@ -118,6 +124,13 @@ def test_ppo_run_interrupted_and_resumed_matches_uninterrupted(tiny_data, tiny_m
         assert math.isfinite(e["critic_loss"]) and e["time_values"] >= 0 and e["time_train_critic"] >= 0
     assert (parted / "checkpoint" / "state.json").is_file()
     assert sorted(p.name for p in (parted / "checkpoint" / "policy").glob("iter*")) == ["iter000004"]  # older tags gone
+
+
+def test_best_checkpoint_is_chosen_on_256_validation_rows_by_default():
+    from rlhf_cluster.config import PlusConfig
+
+    cfg = PlusConfig(data={"dir": "d"}, models={"summarizer": "s", "reward_model": "r"})
+    assert cfg.eval_limit == 256 and cfg.name is None
 
 
 def test_resume_errors_exit_2(tmp_path):

@@ -15,6 +15,10 @@ from rlhf_cluster.reward_model import (
     encode_texts,
     pair_table,
     sequence_rewards,
+    tally_truncation,
+    truncation_line,
+    truncation_stats,
+    truncation_totals,
 )
 from rlhf_cluster.schema import EXAMPLE_SCHEMA, REWARD_PAIR_SCHEMA, BatchError, check_batch
 from rlhf_cluster.tensors import tensor_to_list_array
@@ -132,10 +136,56 @@ def test_truncation_side_is_honoured_and_counted(tok, side):
     lengths = full.attention_mask.sum(1)
     assert enc.input_ids.shape[1] == cut
     assert enc.n_truncated == int((lengths > cut).sum()) > 0  # sequences, chosen and rejected counted apart
+    assert enc.n_truncated_pairs == int(((lengths[:3] > cut) | (lengths[3:] > cut)).sum())
+    stats = truncation_stats(tok, batch, cut)  # the same counts without encoding to tensors
+    assert (stats["n_truncated_sequences"], stats["n_truncated_rows"]) == (enc.n_truncated, enc.n_truncated_pairs)
+    assert stats["max_tokens"] == int(lengths.max())
     for row, n in enumerate(lengths.tolist()):
         ids = full.input_ids[row, :n]
         kept = ids[-cut:] if side == "left" else ids[:cut]
         assert enc.input_ids[row, : len(kept)].tolist() == kept.tolist()
+
+
+class _WordTokenizer:
+    """One token per whitespace-separated word; the 'chat template' joins the message contents."""
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        return " ".join(m["content"] for m in messages)
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [0] * len(text.split())}
+
+
+def test_truncation_stats_counts_pairs_with_either_side_too_long():
+    rows = [  # (prompt, chosen, rejected) → words of prompt + response; max_length 5
+        ("a b", "c", "d e"),  # 3, 4: kept
+        ("a b", "c d e f", "g"),  # 6, 3: chosen cut
+        ("a b c", "d e f", "g h i"),  # 6, 6: both cut
+        ("a", "b c d e", "f"),  # 5, 2: exactly max_length, kept
+    ]
+    cols = dict(zip(("prompt", "chosen", "rejected"), map(list, zip(*rows))))
+    pairs = pa.Table.from_pydict({"user_id": ["u"] * 4, "conditioning": [None] * 4, **cols}, schema=REWARD_PAIR_SCHEMA)
+    assert truncation_stats(_WordTokenizer(), pairs, max_length=5) == {
+        "n_rows": 4,
+        "n_truncated_rows": 2,
+        "share": 0.5,
+        "n_truncated_sequences": 3,
+        "max_tokens": 6,
+    }
+    assert truncation_stats(_WordTokenizer(), pairs, max_length=6)["n_truncated_rows"] == 0
+
+
+def test_truncation_line():
+    stats = {"n_rows": 512, "n_truncated_rows": 37, "share": 37 / 512, "max_tokens": 581}
+    assert truncation_line(stats, "train pairs", 512, "left") == (
+        "truncation: 37 of 512 train pairs (7.2 %) exceed rm.max_length=512 tokens (longest 581); "
+        "truncation_side=left cuts their start (the conditioning)"
+    )
+    assert "cuts their end (the response" in truncation_line(stats, "train pairs", 512, "right")
+    none = {"n_rows": 64, "n_truncated_rows": 0, "share": 0.0, "max_tokens": 300}
+    assert truncation_line(none, "validation pairs", 512, "left") == (
+        "truncation: none of 64 validation pairs exceed rm.max_length=512 tokens (longest 300)"
+    )
 
 
 class _PositionProbe(torch.nn.Module):
@@ -183,3 +233,19 @@ def test_right_padding_does_not_change_a_real_models_reward(tok):
 
 def _ids_mask(enc):
     return enc.input_ids, enc.attention_mask
+
+
+def test_truncation_is_tallied_and_warned_once():
+    totals = truncation_totals(8, "left")
+
+    def cut(n, k, longest=None):
+        return {"n_rows": n, "n_truncated_rows": k, "share": k / n, **({"max_tokens": longest} if longest else {})}
+
+    assert tally_truncation(totals, 1, cut(8, 0, 7), cut(8, 0)) is None and totals["first_iteration"] is None
+    warning = tally_truncation(totals, 2, cut(8, 2, 11), cut(8, 1))
+    assert warning.startswith("iteration 2: truncation: 2 of 8 scored reward-model pairs (25.0 %) exceed")
+    assert "rm.max_length=8 tokens (longest 11)" in warning
+    assert tally_truncation(totals, 3, cut(8, 4, 9), cut(8, 0)) is None  # once per run
+    assert totals["first_iteration"] == 2
+    assert totals["scored"] == {"n_rows": 24, "n_truncated_rows": 6, "share": 0.25, "max_tokens": 11}
+    assert totals["trained"] == {"n_rows": 24, "n_truncated_rows": 1, "share": 1 / 24}

@@ -384,6 +384,23 @@ def test_rewards_equal_the_offline_reward_model(endpoint, offline_rm, tiny_data)
     assert [s["rewards"][1] for s in served] == pytest.approx(r_r, abs=1e-4)
     assert sum(sum(s["truncated"]) for s in served) == n_truncated > 0
     assert max(abs(a - b) for a, b in zip(r_c, r_r)) > 0.1, "rewards must differ between responses"
+    # The replica counts them in Ray Serve metrics too (Prometheus; exported every few seconds).
+    counts = wait_until(lambda: _reward_input_counts(n_truncated), 60, "the truncation counter in Ray's metrics")
+    assert counts["inputs"] >= 2 * len(rows) and counts["truncated"] >= n_truncated
+
+
+def _reward_input_counts(at_least: int) -> dict | None:
+    """deploy.serve's counters summed over replicas, from Ray's Prometheus endpoint; None until truncated ≥ at_least."""
+    import ray
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    names = {"ray_rlhf_reward_inputs_total": "inputs", "ray_rlhf_reward_inputs_truncated_total": "truncated"}
+    counts = {"inputs": 0.0, "truncated": 0.0}
+    for line in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition("{")
+        if key := names.get(name):
+            counts[key] += float(value.rsplit(" ", 1)[-1])
+    return counts if counts["truncated"] >= at_least else None
 
 
 @pytest.mark.slow

@@ -41,6 +41,11 @@ def test_train_rm_then_evaluate(tiny_data, tiny_models, tmp_path):
     assert [e["step"] for e in events if e["split"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert [e["step"] for e in events if e["split"] == "validation"] == [3, 6]
     assert list((run / "tb").iterdir()), "TensorBoard events written"
+    assert all(0.0 <= e["truncated_share"] <= 1.0 for e in events if e["split"] == "train")
+    cut = json.loads((run / "train_summary.json").read_text())["truncation"]
+    assert (cut["max_length"], cut["truncation_side"]) == (384, "left") and 0 < cut["validation"]["n_rows"] <= 16
+    assert cut["train"]["n_rows"] > 0 and cut["train"]["max_tokens"] > 0
+    assert f"of {cut['train']['n_rows']} train pairs" in proc.stdout  # "none of N …" or "K of N … (x %)"
 
     run_job("jobs.evaluate", "--run", str(run), "ray.num_cpus=2")
     result = json.loads((run / "eval.json").read_text())
