@@ -178,17 +178,50 @@ def cached_summaries(
     seed: int,
 ) -> list[str]:
     """One summary per row: read from ``path`` when it covers exactly these rows, else written and cached."""
+    return cached_summaries_for({"": (examples, path)}, models, rollout, resources, ray_cfg, seed)[""]
+
+
+def cached_summaries_for(
+    tables: dict[str, tuple[pa.Table, Path]],
+    models: ModelsConfig,
+    rollout: RolloutConfig,
+    resources: ActorResources,
+    ray_cfg: RayConfig,
+    seed: int,
+) -> dict[str, list[str]]:
+    """{name: one summary per row} for several (examples, cache path) tables — each read from its cache when
+    that covers exactly its rows; the others summarized together by one rollout actor, then cached."""
+    out, todo = {}, {}
+    for name, (examples, path) in tables.items():
+        cached = _read_summary_cache(examples, path)
+        if cached is None:
+            todo[name] = (examples, path)
+        else:
+            out[name] = cached
+    if todo:
+        merged = pa.concat_tables([examples for examples, _ in todo.values()])
+        summaries = summarize_examples(merged, models, rollout, resources, ray_cfg, seed)
+        start = 0
+        for name, (examples, path) in todo.items():
+            out[name] = summaries[start : start + examples.num_rows]
+            start += examples.num_rows
+            path.parent.mkdir(parents=True, exist_ok=True)
+            users = examples.column("user_id").to_pylist()
+            columns = {"user_id": users, "row": list(range(len(users))), "summary": out[name]}
+            pq.write_table(pa.Table.from_pydict(columns, SUMMARY_CACHE_SCHEMA), path)
+            print(f"  summaries: wrote {path}")
+    return {name: out[name] for name in tables}
+
+
+def _read_summary_cache(examples: pa.Table, path: Path) -> list[str] | None:
+    """The cached summaries of these rows, or None (no cache, or one that is stale or partial: a notice)."""
+    if not path.is_file():
+        return None
     users = examples.column("user_id").to_pylist()
-    if path.is_file():
-        cached = {r["row"]: r for r in pq.read_table(path).to_pylist()}
-        rows = [cached.get(i) for i in range(len(users))]
-        if all(r is not None and r["user_id"] == u for r, u in zip(rows, users)):
-            print(f"  summaries: cached {path}")
-            return [r["summary"] for r in rows]
-        print(f"notice: {path} does not match these rows (stale or partial); summarizing again", file=sys.stderr)
-    summaries = summarize_examples(examples, models, rollout, resources, ray_cfg, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = {"user_id": users, "row": list(range(len(users))), "summary": summaries}
-    pq.write_table(pa.Table.from_pydict(columns, SUMMARY_CACHE_SCHEMA), path)
-    print(f"  summaries: wrote {path}")
-    return summaries
+    cached = {r["row"]: r for r in pq.read_table(path).to_pylist()}
+    rows = [cached.get(i) for i in range(len(users))]
+    if all(r is not None and r["user_id"] == u for r, u in zip(rows, users)):
+        print(f"  summaries: cached {path}")
+        return [r["summary"] for r in rows]
+    print(f"notice: {path} does not match these rows (stale or partial); summarizing again", file=sys.stderr)
+    return None

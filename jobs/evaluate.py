@@ -5,7 +5,8 @@
 Reads RUN_DIR/config.yaml (the resolved TrainRMConfig) and the checkpoint RUN_DIR/best (falls back to
 RUN_DIR/last with a notice). Conditions each pair as the run did (``rm.conditioning``); for ``summary``
 the summaries come from the run's fixed summarizer: RUN_DIR/summaries/<split>.parquet when cached
-(columns user_id, row, summary), else ``actors.rollout.summarize_examples`` writes them there.
+(columns user_id, row, summary), else ``actors.rollout.summarize_examples`` writes them there (the uncached
+splits together, by one rollout actor).
 
 Per split: accuracy over all / contested / agreed pairs (ties count half; rows with unknown
 ``contested`` count only in all) and per-user accuracy (mean over users, worst decile), from
@@ -150,24 +151,25 @@ def read_examples_for(cfg: EvaluateConfig, run: Run, target: Target, split: str)
 # ------------------------------------------------------------------------------- conditioning
 
 
-def split_conditioning(examples: pa.Table, split: str, run: Run, target: Target, ray_cfg: RayConfig) -> list:
+def split_conditioning(examples: pa.Table, split: str, run: Run, target: Target, summaries: list | None) -> list:
     """The conditioning text of every row, as the run trained with it."""
     rm = run.cfg.rm
-    summaries = None
-    if rm.conditioning == "summary":
-        summaries = cached_summaries(examples, target.summaries_dir / f"{split}.parquet", run, ray_cfg)
     try:
         return conditioning_texts(examples, rm.conditioning, summaries, rm.max_context_pairs)
     except ValueError as err:  # e.g. oracle conditioning on data without user_description
         raise EvalError(f"{target.data_dir}/{split}: {err}") from None
 
 
-def cached_summaries(examples: pa.Table, path: Path, run: Run, ray_cfg: RayConfig) -> list[str]:
-    """One summary per row from the run's fixed summarizer, cached at ``path``."""
+def all_summaries(splits: dict[str, pa.Table], run: Run, target: Target, ray_cfg: RayConfig) -> dict:
+    """{split: one summary per row} from the run's fixed summarizer (summary conditioning; else Nones): cached
+    in target.summaries_dir/<split>.parquet; the uncached splits are summarized together by one actor."""
+    if run.cfg.rm.conditioning != "summary":
+        return dict.fromkeys(splits)
     from actors import rollout
 
     c = run.cfg
-    return rollout.cached_summaries(examples, path, c.models, c.rollout, c.rollout_resources, ray_cfg, c.seed)
+    tables = {split: (examples, target.summaries_dir / f"{split}.parquet") for split, examples in splits.items()}
+    return rollout.cached_summaries_for(tables, c.models, c.rollout, c.rollout_resources, ray_cfg, c.seed)
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -316,9 +318,10 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     )
     model, tokenizer = load_scorer(run, device)
     accuracy, per_user, truncated, samples, information = {}, {}, {}, {}, {}
-    for split in target.splits:
-        examples = read_examples_for(cfg, run, target, split)
-        cond = split_conditioning(examples, split, run, target, cfg.ray or run.cfg.ray)
+    splits = {split: read_examples_for(cfg, run, target, split) for split in target.splits}
+    summaries = all_summaries(splits, run, target, cfg.ray or run.cfg.ray)
+    for split, examples in splits.items():
+        cond = split_conditioning(examples, split, run, target, summaries[split])
         if run.cfg.rm.conditioning == "summary":
             samples[split] = sample_summaries(examples, cond, SAMPLES_PER_SPLIT)
             information[split] = split_summary_information(examples, cond)

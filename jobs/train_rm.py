@@ -29,15 +29,17 @@ from rlhf_cluster.sampling import epoch_batches
 from rlhf_cluster.timing import phase
 
 
-def conditioning_for(examples: pa.Table, split: str, cfg: TrainRMConfig) -> list[str | None]:
-    """Conditioning texts for one split; summaries are written once and cached in run_dir/summaries/."""
-    summaries = None
+def conditioning_for(tables: dict[str, pa.Table], cfg: TrainRMConfig) -> dict[str, list[str | None]]:
+    """Conditioning texts per split; summaries are written once (one summarizer actor for all splits) and
+    cached in run_dir/summaries/."""
+    summaries = dict.fromkeys(tables)
     if cfg.rm.conditioning == "summary":
-        from actors.rollout import cached_summaries
+        from actors.rollout import cached_summaries_for
 
-        path = Path(cfg.run_dir) / "summaries" / f"{split}.parquet"
-        summaries = cached_summaries(examples, path, cfg.models, cfg.rollout, cfg.rollout_resources, cfg.ray, cfg.seed)
-    return conditioning_texts(examples, cfg.rm.conditioning, summaries, cfg.rm.max_context_pairs)
+        paths = {split: (t, Path(cfg.run_dir) / "summaries" / f"{split}.parquet") for split, t in tables.items()}
+        summaries = cached_summaries_for(paths, cfg.models, cfg.rollout, cfg.rollout_resources, cfg.ray, cfg.seed)
+    rm = cfg.rm
+    return {s: conditioning_texts(t, rm.conditioning, summaries[s], rm.max_context_pairs) for s, t in tables.items()}
 
 
 def validate(group, pairs: pa.Table, contested) -> dict:
@@ -71,8 +73,8 @@ def main(argv=None) -> dict:
             raise SystemExit(f"train split has {train.num_rows} rows, fewer than rm.batch_size={rm.batch_size}")
         print(f"  train {train.num_rows} rows, {rm.eval_split} {val.num_rows} rows; conditioning={rm.conditioning}")
     with phase("conditioning", timings):
-        train_pairs = pair_table(train, conditioning_for(train, cfg.train_split, cfg))
-        val_pairs = pair_table(val, conditioning_for(val, rm.eval_split, cfg))
+        cond = conditioning_for({cfg.train_split: train, rm.eval_split: val}, cfg)
+        train_pairs, val_pairs = pair_table(train, cond[cfg.train_split]), pair_table(val, cond[rm.eval_split])
         val_contested = val.column("contested").to_numpy(zero_copy_only=False)
         if rm.conditioning != "bt":
             print(f"  e.g. conditioning: {train_pairs.column('conditioning')[0].as_py()[:200]!r}")
