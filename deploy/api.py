@@ -11,9 +11,16 @@ Routes (all but /healthz need ``Authorization: Bearer <token>``):
   GET    /healthz                      liveness, no token
   GET    /docs, /openapi.json          OpenAPI (token unless auth.public_docs)
 
-Client mistakes get 4xx with ``{"detail": "...", ...}`` naming the field: 400 malformed JSON or
-UTF-8, 401 missing/wrong token, 404 unknown user, 413 body over limits.max_body_bytes, 415 not
-JSON, 422 a field that is missing, mistyped, empty or over its limit.
+Client mistakes get 4xx with ``{"detail": "...", ...}`` naming the field: 400 malformed JSON or a
+body that is not UTF-8 (UTF-16/32 included), 401 missing/wrong token, 404 unknown user, 413 body over
+limits.max_body_bytes, 415 not JSON (or a charset other than utf-8), 422 a field that is missing,
+mistyped, empty (whitespace or invisible characters only) or over its limit, 431 request headers over
+MAX_HEADER_BYTES. An error reply quotes at most ECHO_LIMIT characters of any client-sent text (a field
+name, a media type) and lists at most MAX_ERRORS_SHOWN fields.
+
+User ids (path and body alike) are URL path segments: 1 to limits.max_user_id_chars characters from
+A-Z a-z 0-9 . _ : @ - and not only dots (USER_ID_PATTERN; "." and ".." would be normalised away by
+clients' URL handling).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations, and the request
@@ -24,6 +31,7 @@ import dataclasses
 import hmac
 import logging
 import math
+import unicodedata
 from typing import Annotated, Any, Literal, Optional, Protocol
 
 from fastapi import APIRouter, FastAPI, Path, Response, Security
@@ -37,7 +45,12 @@ from rlhf_cluster.summary_store import StoredSummary, SummaryStore
 
 logger = logging.getLogger("ray.serve")
 
-USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]+$"
+# Letters, digits and . _ : @ -, at least one of them not a dot: "." and ".." are URL dot segments.
+USER_ID_PATTERN = r"^[A-Za-z0-9._:@-]*[A-Za-z0-9_:@-][A-Za-z0-9._:@-]*$"
+USER_ID_RULE = "{} to {} characters from A-Z a-z 0-9 . _ : @ -, not only dots (the id is a URL path segment)"
+ECHO_LIMIT = 200  # characters of client-sent text (field names, media types) quoted in an error reply
+MAX_ERRORS_SHOWN = 20  # fields listed in one 422 reply; the rest are counted
+MAX_HEADER_BYTES = 16 * 1024  # request header names + values; more gets 431 before auth or routing
 PUBLIC_PATHS = ("/healthz",)
 DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
 BODY_METHODS = ("POST", "PUT", "PATCH")
@@ -79,9 +92,21 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
 
 
+# Characters that show nothing: controls, format characters (zero-width space/joiners U+200B-U+200D,
+# word joiner U+2060, BOM U+FEFF, soft hyphen, bidi marks), and space, line and paragraph separators.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+# Letters and symbols that render as blanks: Hangul fillers, the blank Braille pattern, the combining
+# grapheme joiner and the variation selectors.
+_INVISIBLE_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800\u034f" + "".join(map(chr, range(0xFE00, 0xFE10))))
+
+
+def _visible(char: str) -> bool:
+    return unicodedata.category(char) not in _INVISIBLE_CATEGORIES and char not in _INVISIBLE_CHARACTERS
+
+
 def _not_blank(text: str) -> str:
-    if not text.strip():
-        raise ValueError("must not be empty or only whitespace")
+    if not any(map(_visible, text)):
+        raise ValueError("must not be empty or only whitespace or invisible characters (such as U+200B)")
     return text
 
 
@@ -97,6 +122,7 @@ class Bodies:
 def request_bodies(limits: ServeLimits) -> Bodies:
     """Request body classes whose limits (text length, list sizes) come from ``limits``."""
     Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_text_chars), AfterValidator(_not_blank)]
+    id_rule = USER_ID_RULE.format(1, limits.max_user_id_chars)
     UserId = Annotated[
         str, StringConstraints(min_length=1, max_length=limits.max_user_id_chars, pattern=USER_ID_PATTERN)
     ]
@@ -126,7 +152,7 @@ def request_bodies(limits: ServeLimits) -> Bodies:
             return bool(self.context or self.context_messages)
 
     class SummarizeRequest(WithContext):
-        user_id: Optional[UserId] = Field(None, description="Store the summary for this user.")
+        user_id: Optional[UserId] = Field(None, description=f"Store the summary for this user: {id_rule}.")
 
         @model_validator(mode="after")
         def _needs_context(self):
@@ -140,7 +166,7 @@ def request_bodies(limits: ServeLimits) -> Bodies:
     class Conditioned(WithContext):
         """Exactly one of user_id (its stored summary), summary, or context (summarized now)."""
 
-        user_id: Optional[UserId] = Field(None, description="Use this user's stored summary.")
+        user_id: Optional[UserId] = Field(None, description=f"Use this user's stored summary: {id_rule}.")
         summary: Optional[Text] = Field(None, description="Use this summary text.")
         prompt: Text
 
@@ -162,7 +188,13 @@ def request_bodies(limits: ServeLimits) -> Bodies:
         response_b: Text
 
     user_id_path = Annotated[
-        str, Path(min_length=1, max_length=limits.max_user_id_chars, pattern=USER_ID_PATTERN, description="User id.")
+        str,
+        Path(
+            min_length=1,
+            max_length=limits.max_user_id_chars,
+            pattern=USER_ID_PATTERN,
+            description=f"User id: {id_rule}.",
+        ),
     ]
     return Bodies(SummarizeRequest, SetSummaryRequest, RewardsRequest, CompareRequest, user_id_path)
 
@@ -219,9 +251,10 @@ def build_api(service: Service, settings: ApiSettings) -> FastAPI:
         "scores responses.",
         version="1",
     )
-    # Outermost first on the way in: auth (header only), then the body checks, then the routes.
+    # Added innermost first; on the way in: the header size, auth (headers only), the body checks, the routes.
     app.add_middleware(BodyGuard, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(BearerAuth, token=settings.token, public_docs=settings.public_docs)
+    app.add_middleware(HeaderLimit)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -299,15 +332,21 @@ async def _stored(store: SummaryStore, user_id: str) -> StoredSummary:
 
 
 def _unknown_user(user_id: str) -> ApiError:
+    shown = _clip(user_id)
     return ApiError(
         404,
-        f"no stored summary for user_id {user_id!r}; store one with PUT /v1/users/{user_id}/summary or "
+        f"no stored summary for user_id {shown!r}; store one with PUT /v1/users/{shown}/summary or "
         "POST /v1/summaries with a user_id",
         field="user_id",
     )
 
 
 # ---------------------------------------------------------------------------------- error replies
+
+
+def _clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """Client-sent text as an error reply may quote it: at most ``limit`` characters, then its length."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
 
 
 def _error(status: int, detail: str, **extra) -> JSONResponse:
@@ -324,7 +363,7 @@ def _field_name(loc: tuple) -> str:
     name = ""
     for p in parts:
         name += f"[{p}]" if isinstance(p, int) else (f".{p}" if name else str(p))
-    return name or "body"
+    return _clip(name) or "body"  # a misspelt field's name is the client's text
 
 
 async def _validation_error(_request, exc: RequestValidationError) -> JSONResponse:
@@ -332,19 +371,24 @@ async def _validation_error(_request, exc: RequestValidationError) -> JSONRespon
     errors = exc.errors()
     bad_json = next((e for e in errors if e["type"] == "json_invalid"), None)
     if bad_json is not None:
-        why = (bad_json.get("ctx") or {}).get("error", "malformed")
+        why = _clip(str((bad_json.get("ctx") or {}).get("error", "malformed")))
         return _error(400, f"request body is not valid JSON: {why} (at character {bad_json['loc'][-1]})")
-    fields = []
-    for e in errors:
-        field = _field_name(tuple(e["loc"]))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "missing" and field == "body":
-            msg = "a JSON object body is required"
-        elif e["type"] == "model_attributes_type":
-            msg = "expected a JSON object"
-        fields.append({"field": field, "message": msg})
+    fields = [_field_error(e) for e in errors[:MAX_ERRORS_SHOWN]]
     detail = "invalid request: " + "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+    if len(errors) > MAX_ERRORS_SHOWN:
+        detail += f"; and {len(errors) - MAX_ERRORS_SHOWN} more"
     return _error(422, detail, errors=fields)
+
+
+def _field_error(e: dict) -> dict:
+    """One validation error as {"field", "message"}, both clipped (never the value itself)."""
+    field = _field_name(tuple(e["loc"]))
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "missing" and field == "body":
+        msg = "a JSON object body is required"
+    elif e["type"] == "model_attributes_type":
+        msg = "expected a JSON object"
+    return {"field": field, "message": _clip(msg)}
 
 
 async def _unexpected_error(_request, exc: Exception) -> JSONResponse:
@@ -364,6 +408,33 @@ async def _reply(scope, receive, send, status: int, detail: str, headers: dict |
     await JSONResponse(status_code=status, content={"detail": detail}, headers=headers)(scope, receive, send)
 
 
+def _header(scope, name: bytes) -> bytes:
+    """The first value of the request header ``name`` (lower case), b"" without one."""
+    return next((value for key, value in scope.get("headers") or () if key == name), b"")
+
+
+class HeaderLimit:
+    """ASGI middleware: 431 for a request whose header names and values pass ``max_bytes`` together,
+    before auth or routing look at them (anonymous or not).
+
+    It cannot stop the read itself: the ASGI server has parsed the headers by then. Ray Serve's proxy
+    runs uvicorn with httptools, which sets no bound (a 4 MB header was read whole); uvicorn's h11 bound
+    (16 KiB) is not used and Serve's HTTPOptions do not expose one. A public endpoint needs a reverse
+    proxy in front that bounds headers (e.g. nginx large_client_header_buffers).
+    """
+
+    def __init__(self, app, max_bytes: int = MAX_HEADER_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            size = sum(len(name) + len(value) for name, value in scope.get("headers") or ())
+            if size > self.max_bytes:
+                detail = f"request headers too large: {size} bytes (names and values); the limit is {self.max_bytes}"
+                return await _reply(scope, receive, send, 431, detail)
+        await self.app(scope, receive, send)
+
+
 class BearerAuth:
     """ASGI middleware: ``Authorization: Bearer <token>`` on every route but /healthz (and docs if public).
 
@@ -380,8 +451,7 @@ class BearerAuth:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or _route_path(scope) in self.public:
             return await self.app(scope, receive, send)
-        header = dict(scope.get("headers") or []).get(b"authorization", b"")
-        scheme, _, given = header.partition(b" ")
+        scheme, _, given = _header(scope, b"authorization").partition(b" ")
         challenge = {"WWW-Authenticate": "Bearer"}
         if scheme.lower() != b"bearer" or not given.strip():
             return await _reply(
@@ -393,9 +463,10 @@ class BearerAuth:
 
 
 class BodyGuard:
-    """ASGI middleware for request bodies: JSON media type (415), at most ``max_bytes`` (413, checked on
-    Content-Length and on the bytes actually received, so chunked uploads are bounded too) and UTF-8
-    (400). The checked body is replayed to the app."""
+    """ASGI middleware for request bodies: JSON media type with no charset but utf-8 (415), at most
+    ``max_bytes`` (413, checked on Content-Length and on the bytes actually received, so chunked uploads
+    are bounded too) and UTF-8 text (400; UTF-16/32 too, which json.loads would otherwise detect and
+    accept). The checked body is replayed to the app."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -403,27 +474,16 @@ class BodyGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
             return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if media != b"application/json":
-            shown = media.decode("latin-1") or "none"
-            return await _reply(scope, receive, send, 415, f"Content-Type must be application/json, got {shown}")
-        declared = headers.get(b"content-length", b"")
+        if problem := _media_type_error(_header(scope, b"content-type")):
+            return await _reply(scope, receive, send, 415, problem)
+        declared = _header(scope, b"content-length")
         if declared.isdigit() and int(declared) > self.max_bytes:
             return await _reply(scope, receive, send, 413, self._too_large(int(declared)))
         body = await self._read(receive)
         if body is None:
             return await _reply(scope, receive, send, 413, self._too_large(None))
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError as err:
-            return await _reply(
-                scope,
-                receive,
-                send,
-                400,
-                f"request body is not valid UTF-8: byte {body[err.start]:#04x} at position {err.start}",
-            )
+        if problem := _encoding_error(body):
+            return await _reply(scope, receive, send, 400, problem)
         await self.app(scope, _replay(body, receive), send)
 
     async def _read(self, receive) -> bytes | None:
@@ -445,6 +505,32 @@ class BodyGuard:
     def _too_large(self, size: int | None) -> str:
         got = f"{size} bytes" if size is not None else "more than that"
         return f"request body too large: {got}; the limit is {self.max_bytes} bytes (limits.max_body_bytes)"
+
+
+def _media_type_error(content_type: bytes) -> str | None:
+    """Why a Content-Type is not JSON in UTF-8 (the client's text clipped), or None."""
+    media, *params = content_type.decode("latin-1").split(";")
+    media = media.strip().lower()
+    if media != "application/json":
+        return f"Content-Type must be application/json, got {_clip(media) or 'none'}"
+    for param in params:
+        key, _, value = param.partition("=")
+        charset = value.strip().strip('"').lower()
+        if key.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+            return f"Content-Type charset must be utf-8 (JSON is UTF-8 text), got {_clip(charset)}"
+    return None
+
+
+def _encoding_error(body: bytes) -> str | None:
+    """Why a body is not UTF-8 JSON text, or None. UTF-8 JSON has no NUL byte (it would be an unescaped
+    control character); UTF-16 and UTF-32 text has one in every ASCII character."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"request body is not valid UTF-8: byte {body[err.start]:#04x} at position {err.start}"
+    if (nul := body.find(b"\x00")) >= 0:
+        return f"request body is not valid UTF-8 JSON: a NUL byte at position {nul} (UTF-16 or UTF-32 text?)"
+    return None
 
 
 def _replay(body: bytes, receive):

@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -56,13 +59,121 @@ def reward_messages(conditioning: str | None, prompt: str, response: str) -> lis
 
 
 def chat_token_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
-    """Token ids of chat messages through the tokenizer's own chat template.
+    """Token ids of chat messages through the tokenizer's own chat template; message contents are text.
 
-    Renders to text first, then encodes without adding special tokens again (the template has
-    them), which behaves the same across transformers versions and tokenizers.
+    The template's markers (``<|user|>``, ``<|im_start|>`` …) become its special tokens, but a message's
+    content — user text — never does: ``<|end|><|user|>`` written by a user is encoded as those characters.
+    Text without a special token's string gets exactly the ids of rendering the template and encoding the
+    whole text without adding special tokens again (what this function always returned, so trained
+    checkpoints see identical inputs); a content holding one is encoded piecewise instead: the template's
+    text as usual, the contents with special-token parsing off.
     """
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    chat = render_chat(tokenizer, messages, add_generation_prompt)
+    if _special_strings_in_contents(tokenizer, chat):
+        return _piecewise_ids(tokenizer, chat)
+    return tokenizer(chat.text, add_special_tokens=False)["input_ids"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderedChat:
+    """A rendered chat template split into the template's own text and the messages' contents, in the
+    order rendered: ``text == pieces[0] + contents[0] + pieces[1] + … + contents[-1] + pieces[-1]``."""
+
+    pieces: list[str]
+    contents: list[str]
+
+    @property
+    def text(self) -> str:
+        return "".join(p + c for p, c in zip(self.pieces, self.contents)) + self.pieces[-1]
+
+    def content_spans(self) -> list[tuple[int, int]]:
+        """[start, end) character span of each content in ``text``."""
+        spans, at = [], 0
+        for piece, content in zip(self.pieces, self.contents):
+            at += len(piece)
+            spans.append((at, at + len(content)))
+            at += len(content)
+        return spans
+
+
+_SLOT = "\ue000{}\ue001"  # private-use characters around the message index: a placeholder content
+_SLOT_RE = re.compile("\ue000(\\d+)\ue001")
+
+
+def render_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> RenderedChat:
+    """The chat template's text around each message's content, found by rendering placeholders in place
+    of the contents. A template that trims contents (Llama 3's) is understood; one that rewrites them
+    otherwise is refused, since its user text could not be told from its own."""
+
+    def render(msgs: list[dict[str, str]]) -> str:
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    text = render(messages)
+    parts = _SLOT_RE.split(render([{**m, "content": _SLOT.format(i)} for i, m in enumerate(messages)]))
+    pieces, order = parts[0::2], [int(i) for i in parts[1::2]]
+    for as_rendered in (str, str.strip):
+        chat = RenderedChat(pieces, [as_rendered(messages[i]["content"]) for i in order])
+        if chat.text == text:
+            return chat
+    raise ValueError(
+        "the chat template changes the message contents (beyond trimming whitespace), so user text cannot be "
+        "kept apart from the template's control tokens; use a template that inserts message['content'] as is"
+    )
+
+
+def special_token_strings(tokenizer) -> list[str]:
+    """The strings of the tokenizer's control tokens: bos, eos, pad, … and every added token marked special."""
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    strings = set(getattr(tokenizer, "all_special_tokens", [])) | {t.content for t in added.values() if t.special}
+    return sorted(s for s in strings if s)
+
+
+def _special_strings_in_contents(tokenizer, chat: RenderedChat) -> bool:
+    """Whether a special token's string lies, even in part, in a message's content: then encoding the whole
+    text would turn user characters into that token. (Tokens matched only after normalization — an added
+    token with normalized=True in a lower-casing tokenizer — are not looked for; chat tokenizers have none.)"""
+    text, specials = chat.text, special_token_strings(tokenizer)
+    for start, end in chat.content_spans():
+        for special in specials:  # an occurrence overlapping [start, end) lies inside this window
+            if text.find(special, max(0, start - len(special) + 1), end + len(special) - 1) >= 0:
+                return True
+    return False
+
+
+def _piecewise_ids(tokenizer, chat: RenderedChat) -> list[int]:
+    """The template's pieces encoded as usual (their control tokens parsed), the contents as plain text."""
+    ids: list[int] = []
+    for piece, content in zip(chat.pieces, [*chat.contents, ""]):
+        ids += tokenizer(piece, add_special_tokens=False)["input_ids"] if piece else []
+        ids += plain_token_ids(tokenizer, content)
+    return ids
+
+
+def plain_token_ids(tokenizer, text: str) -> list[int]:
+    """``text`` encoded with special-token parsing off: a special token's string is its characters."""
+    if not text:
+        return []
+    if getattr(tokenizer, "backend_tokenizer", None) is None:  # a Python tokenizer takes the switch per call
+        return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return _plain_backend(tokenizer).encode(text, add_special_tokens=False).ids
+
+
+_PLAIN_BACKENDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _plain_backend(tokenizer):
+    """A copy of the tokenizer's `tokenizers` backend that never parses special tokens, made once per
+    tokenizer (flipping the switch on the shared backend would race with other threads' encodes)."""
+    backend = _PLAIN_BACKENDS.get(tokenizer)
+    if backend is None:
+        from tokenizers import Tokenizer
+
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+        backend.encode_special_tokens = True
+        _PLAIN_BACKENDS[tokenizer] = backend
+    return backend
 
 
 class PromptTooLong(ValueError):

@@ -8,19 +8,31 @@ parameters, so one user's summary is never returned for another id.
 Each call opens its own connection: the store is safe to use from several threads and from several
 processes on one machine (WAL journal, busy timeout). SQLite over network file systems is not
 reliable; on a multi-node cluster keep every ingress replica on the node that holds the file.
+
+The file holds what users told the system about themselves: it is created owner-only (0600) whatever
+the umask, and SQLite gives its -wal and -shm files the same mode. A store file that other users may
+access (made by an older version, or copied in) loses its group and other permissions when opened, with
+a warning naming the old mode; one the process may not chmod (another user's) fails the open rather
+than stay readable.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 Source = Literal["summarizer", "user"]
+PRIVATE_MODE = 0o600  # owner read/write only
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS summaries (
@@ -47,6 +59,7 @@ class SummaryStore:
         self.path = Path(path)
         self.timeout_s = timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(self.path)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer (several replicas)
             db.execute(_SCHEMA)
@@ -87,3 +100,21 @@ class SummaryStore:
     def __len__(self) -> int:
         with self._connect() as db:
             return db.execute("SELECT COUNT(*) FROM summaries").fetchone()[0]
+
+
+def _create_private(path: Path) -> None:
+    """Create the store file with mode 0600 before SQLite opens it (SQLite would make it 0644 and copy that
+    mode to the -wal and -shm files); tighten an existing store file or -wal/-shm file others can read."""
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, PRIVATE_MODE))  # an existing file keeps its mode
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        _tighten(file)
+
+
+def _tighten(file: Path) -> None:
+    try:
+        mode = stat.S_IMODE(file.stat().st_mode)
+    except FileNotFoundError:
+        return
+    if mode & 0o077:  # group or others have some access
+        os.chmod(file, mode & 0o700)
+        logger.warning("summary store file %s had mode %04o, open to other users; now %04o", file, mode, mode & 0o700)

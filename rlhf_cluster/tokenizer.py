@@ -12,7 +12,8 @@ Chat format (one template string, so transformers, vLLM and our own code render 
 ``add_generation_prompt=True`` appends ``<|assistant|>\\n``. The end-of-turn token ``<|end|>`` is the
 eos token, so generation stops when the assistant's turn ends (after the summary). The template
 starts with the bos token; encode rendered text with ``add_special_tokens=False`` (as
-``rlhf_cluster.prompts.chat_token_ids`` does) — the tokenizer adds nothing on its own either way.
+``rlhf_cluster.prompts.chat_token_ids`` does) — the tokenizer adds nothing on its own either way. Use
+``chat_token_ids`` for chats with user text: it keeps a message that spells ``<|end|>`` from becoming one.
 """
 
 from __future__ import annotations

@@ -298,4 +298,4 @@ def test_make_data_replaces_an_older_dataset(tmp_path, capsys):
     make_data.main(["--dataset", "pets", "--out", str(tmp_path), *SMALL["pets"]])
     splits = sorted(p.stem for p in tmp_path.glob("*.parquet"))
     assert splits == sorted(json.loads((tmp_path / "ceilings.json").read_text()))  # no stale test_unseen_topics
-    assert "removed stale split file" in capsys.readouterr().out
+    assert "removed stale file" in capsys.readouterr().out
