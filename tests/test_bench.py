@@ -91,8 +91,11 @@ def test_run_group_kills_the_children_past_its_timeout():
 
 
 @pytest.mark.slow
-def test_quick_suite_measures_every_benchmark_and_renders_a_report(tmp_path, monkeypatch):
+def test_quick_suite_measures_every_benchmark_and_renders_a_report(tiny_data, tiny_models, tmp_path, monkeypatch):
     monkeypatch.setenv("RLHF_BENCH_WORK", str(tmp_path / "runs"))  # demo data, models, scratch: not the checkout
+    (tmp_path / "runs" / "demo").mkdir(parents=True)  # the suite's tiny data and models stand in for the demo's
+    (tmp_path / "runs" / "demo" / "data").symlink_to(tiny_data)  # (building those would take minutes here)
+    (tmp_path / "runs" / "demo" / "models").symlink_to(tiny_models)
     proc = run_group([sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path)], timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert (tmp_path / "runs" / "demo" / "models" / "models.json").is_file()
