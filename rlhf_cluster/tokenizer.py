@@ -46,18 +46,25 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int
     min_size = 256 + len(SPECIAL_TOKENS)
     if vocab_size < min_size:
         raise ValueError(f"vocab_size {vocab_size} < {min_size} (256 byte tokens + {len(SPECIAL_TOKENS)} special)")
-    tok = Tokenizer(models.BPE(unk_token=UNK))
+    return wrap_tokenizer(byte_level_bpe(texts, vocab_size, SPECIAL_TOKENS, unk_token=UNK), model_max_length)
+
+
+def byte_level_bpe(
+    texts: Iterable[str], vocab_size: int, special_tokens: list[str], unk_token: str | None = None
+) -> Tokenizer:
+    """A byte-level BPE ``tokenizers.Tokenizer`` learned from ``texts``, ``special_tokens`` first in its vocabulary."""
+    tok = Tokenizer(models.BPE(unk_token=unk_token))
     # GPT-2 style: split words/punctuation/whitespace by regex, map bytes to printable symbols.
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    return wrap_tokenizer(tok, model_max_length)
+    return tok
 
 
 def wrap_tokenizer(tok: Tokenizer, model_max_length: int = 1024) -> PreTrainedTokenizerFast:

@@ -9,11 +9,11 @@ Checked on the project's own byte-level tokenizer and on two Hugging Face style 
 from __future__ import annotations
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from rlhf_cluster.prompts import chat_token_ids, reward_messages, summarizer_messages
-from rlhf_cluster.tokenizer import train_tokenizer
+from rlhf_cluster.tokenizer import byte_level_bpe, train_tokenizer
 
 CORPUS = [
     "the cat sat on the mat",
@@ -63,17 +63,7 @@ ORDINARY = [
 
 
 def _byte_level_bpe(special_tokens: list[str], vocab_size: int = 400) -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer)
-    return tok
+    return byte_level_bpe(CORPUS, vocab_size, special_tokens)
 
 
 def _own():
