@@ -3,19 +3,23 @@
 ``build_api(service, settings)`` returns the FastAPI app that the Serve ingress (``deploy/serve.py``)
 runs; ``service`` does the model work (summarize, score) and owns the summary store. No Ray here.
 
-Routes (all but /healthz need ``Authorization: Bearer <token>``):
+Routes (all but /healthz and /readyz need ``Authorization: Bearer <token>``):
   POST   /v1/summaries                 context → summary; with user_id the summary is stored
   PUT    /v1/users/{user_id}/summary   set a user-edited summary     GET: read it   DELETE: remove it
   POST   /v1/rewards                   (user_id | summary | context) + prompt + responses → rewards
   POST   /v1/compare                   (user_id | summary | context) + prompt + response_a/b → P(a preferred)
   GET    /healthz                      liveness, no token
+  GET    /readyz                       readiness: 200 when every model deployment answers, else 503, no token
   GET    /docs, /openapi.json          OpenAPI (token unless auth.public_docs)
 
 Client mistakes get 4xx with ``{"detail": "...", ...}`` naming the field: 400 malformed JSON or a
 body that is not UTF-8 (UTF-16/32 included), 401 missing/wrong token, 404 unknown user, 413 body over
 limits.max_body_bytes, 415 not JSON (or a charset other than utf-8), 422 a field that is missing,
 mistyped, empty (whitespace or invisible characters only) or over its limit, 431 request headers over
-MAX_HEADER_BYTES. An error reply quotes at most ECHO_LIMIT characters of any client-sent text (a field
+MAX_HEADER_BYTES; 408 a body not received whole within limits.body_timeout_s (a stalled client). The
+server's own trouble is a 503 with Retry-After, never a 500 for a known cause: a model deployment whose
+replica died (until a probe finds it answering again) or that has not answered within
+limits.model_timeout_s. An error reply quotes at most ECHO_LIMIT characters of any client-sent text (a field
 name, a media type) and lists at most MAX_ERRORS_SHOWN fields.
 
 User ids (path and body alike) are URL path segments: 1 to limits.max_user_id_chars characters from
@@ -51,17 +55,18 @@ USER_ID_RULE = "{} to {} characters from A-Z a-z 0-9 . _ : @ -, not only dots (t
 ECHO_LIMIT = 200  # characters of client-sent text (field names, media types) quoted in an error reply
 MAX_ERRORS_SHOWN = 20  # fields listed in one 422 reply; the rest are counted
 MAX_HEADER_BYTES = 16 * 1024  # request header names + values; more gets 431 before auth or routing
-PUBLIC_PATHS = ("/healthz",)
+PUBLIC_PATHS = ("/healthz", "/readyz")
 DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc")
 BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
 class ApiError(Exception):
-    """A request the API refuses: becomes ``{"detail": message, "field": field}`` with ``status``."""
+    """A request the API refuses: becomes ``{"detail": message, "field": field}`` with ``status`` (and
+    ``headers``, e.g. Retry-After with a 503)."""
 
-    def __init__(self, status: int, message: str, field: str | None = None):
+    def __init__(self, status: int, message: str, field: str | None = None, headers: dict | None = None):
         super().__init__(message)
-        self.status, self.message, self.field = status, message, field
+        self.status, self.message, self.field, self.headers = status, message, field, headers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +74,16 @@ class ApiSettings:
     token: str
     limits: ServeLimits
     public_docs: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """The reward model's answer for one request: a reward per response, the fields cut from each response's
+    input (``[]``: it fit), and ``error`` when the conditioning alone does not fit (a 422 for the client)."""
+
+    rewards: list[float]
+    cut: list[list[str]]
+    error: str | None = None
 
 
 class Service(Protocol):
@@ -82,7 +97,9 @@ class Service(Protocol):
 
     async def context_conditioning(self, body: Any) -> tuple[str, str]: ...  # (text, "summarized" | "context")
 
-    async def score(self, conditioning: str, prompt: str, responses: list[str]) -> tuple[list[float], list[bool]]: ...
+    async def score(self, conditioning: str, prompt: str, responses: list[str]) -> Scored: ...
+
+    async def ready(self) -> dict[str, bool]: ...  # {deployment: answering now}
 
 
 # ---------------------------------------------------------------------------------- request bodies
@@ -218,10 +235,19 @@ class SummarizeOut(BaseModel):
 class RewardsOut(BaseModel):
     rewards: list[float] = Field(description="One reward per response, in order.")
     truncated: list[bool] = Field(description="Per response: the reward input was cut to the model's max length.")
+    truncated_fields: list[list[Literal["conditioning", "prompt", "response"]]] = Field(
+        description="Per response: what was cut to fit (the prompt's start, then the response's end; the "
+        "conditioning is kept whole, and a request whose conditioning alone does not fit gets a 422)."
+    )
     conditioning: Literal["stored", "given", "summarized", "context"] = Field(
         description="Where the conditioning text came from."
     )
     summary: str = Field(description="The text the reward model was conditioned on (for context: the summary written).")
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready", "unavailable"] = Field(description="ready when every model deployment answers.")
+    deployments: dict[str, bool] = Field(description="Per model deployment: it answered a ping just now.")
 
 
 class CompareOut(BaseModel):
@@ -252,7 +278,7 @@ def build_api(service: Service, settings: ApiSettings) -> FastAPI:
         version="1",
     )
     # Added innermost first; on the way in: the header size, auth (headers only), the body checks, the routes.
-    app.add_middleware(BodyGuard, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(BodyGuard, max_bytes=settings.limits.max_body_bytes, timeout_s=settings.limits.body_timeout_s)
     app.add_middleware(BearerAuth, token=settings.token, public_docs=settings.public_docs)
     app.add_middleware(HeaderLimit)
     app.add_exception_handler(ApiError, _api_error)
@@ -262,6 +288,14 @@ def build_api(service: Service, settings: ApiSettings) -> FastAPI:
     @app.get("/healthz")
     async def healthz() -> dict:
         return {"status": "ok"}
+
+    @app.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
+    async def readyz():
+        up = await service.ready()
+        if all(up.values()):
+            return ReadyOut(status="ready", deployments=up)
+        headers = {"Retry-After": str(settings.limits.retry_after_s)}
+        return JSONResponse(status_code=503, content={"status": "unavailable", "deployments": up}, headers=headers)
 
     # HTTPBearer(auto_error=False) checks nothing (BearerAuth did); it puts the scheme in the OpenAPI.
     v1 = APIRouter(prefix="/v1", dependencies=[Security(HTTPBearer(auto_error=False))])
@@ -305,14 +339,28 @@ def _reward_routes(router: APIRouter, service: Service, bodies: Bodies) -> None:
     @router.post("/rewards", response_model=RewardsOut)
     async def rewards(body: bodies.Rewards):
         text, source = await _conditioning(service, body)
-        rewards, truncated = await service.score(text, body.prompt, list(body.responses))
-        return RewardsOut(rewards=rewards, truncated=truncated, conditioning=source, summary=text)
+        scored = _checked(await service.score(text, body.prompt, list(body.responses)), source)
+        truncated = [bool(c) for c in scored.cut]
+        return RewardsOut(
+            rewards=scored.rewards, truncated=truncated, truncated_fields=scored.cut, conditioning=source, summary=text
+        )
 
     @router.post("/compare", response_model=CompareOut)
     async def compare(body: bodies.Compare):
         text, source = await _conditioning(service, body)
-        (r_a, r_b), _ = await service.score(text, body.prompt, [body.response_a, body.response_b])
+        scored = _checked(await service.score(text, body.prompt, [body.response_a, body.response_b]), source)
+        r_a, r_b = scored.rewards
         return CompareOut(p_a=_sigmoid(r_a - r_b), rewards=[r_a, r_b], conditioning=source, summary=text)
+
+
+# The request field a conditioning text came from, by its source (named in a 422 when it does not fit).
+_CONDITIONING_FIELD = {"stored": "user_id", "given": "summary", "summarized": "context", "context": "context"}
+
+
+def _checked(scored: Scored, source: str) -> Scored:
+    if scored.error:
+        raise ApiError(422, scored.error, field=_CONDITIONING_FIELD[source])
+    return scored
 
 
 async def _conditioning(service: Service, body) -> tuple[str, str]:
@@ -354,7 +402,8 @@ def _error(status: int, detail: str, **extra) -> JSONResponse:
 
 
 async def _api_error(_request, exc: ApiError) -> JSONResponse:
-    return _error(exc.status, exc.message, **({"field": exc.field} if exc.field else {}))
+    content = {"detail": exc.message, **({"field": exc.field} if exc.field else {})}
+    return JSONResponse(status_code=exc.status, content=content, headers=exc.headers)
 
 
 def _field_name(loc: tuple) -> str:
@@ -468,8 +517,8 @@ class BodyGuard:
     are bounded too) and UTF-8 text (400; UTF-16/32 too, which json.loads would otherwise detect and
     accept). The checked body is replayed to the app."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, timeout_s: float = 10.0):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
@@ -479,7 +528,11 @@ class BodyGuard:
         declared = _header(scope, b"content-length")
         if declared.isdigit() and int(declared) > self.max_bytes:
             return await _reply(scope, receive, send, 413, self._too_large(int(declared)))
-        body = await self._read(receive)
+        try:  # a client that sends headers and then stalls must not hold a request slot for ever
+            body = await asyncio.wait_for(self._read(receive), self.timeout_s)
+        except asyncio.TimeoutError:
+            detail = f"request body not received within {self.timeout_s:g} s (limits.body_timeout_s)"
+            return await _reply(scope, receive, send, 408, detail, {"Connection": "close"})
         if body is None:
             return await _reply(scope, receive, send, 413, self._too_large(None))
         if problem := _encoding_error(body):

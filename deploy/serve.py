@@ -37,7 +37,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
-from deploy.api import ApiError, ApiSettings, build_api
+from deploy.api import ApiError, ApiSettings, Scored, build_api
 from rlhf_cluster.cli import ConfigError, load_config
 from rlhf_cluster.config import RolloutConfig
 from rlhf_cluster.runs import read_run
@@ -77,7 +77,7 @@ def resolve_models(cfg: ServeConfig) -> ServedModels:
         summarizer=summ_path,
         conditioning=cfg.conditioning or run.get("conditioning", "summary"),
         max_length=cfg.max_length or run.get("max_length", 512),
-        truncation_side=cfg.truncation_side or run.get("truncation_side", "left"),
+        truncation_side=cfg.truncation_side or run.get("truncation_side", "keep_conditioning"),
         max_context_pairs=run.get("max_context_pairs"),
         source=run.get("source", "explicit checkpoint paths"),
     )
@@ -118,7 +118,8 @@ def resolve_token(auth: ServeAuth) -> SecretStr:
     value = os.environ.get(auth.token_env, "").strip()
     if not value:
         raise ConfigError(
-            f"  no API token: set ${auth.token_env} (auth.token_env) or auth.token; every route but /healthz needs it"
+            f"  no API token: set ${auth.token_env} (auth.token_env) or auth.token; every route but /healthz "
+            "and /readyz needs it"
         )
     if len(value) < 16:
         print(f"notice: ${auth.token_env} is {len(value)} characters; use at least 16 random ones", file=sys.stderr)
@@ -164,6 +165,9 @@ class Summarizer:
         self.generate.set_max_batch_size(opts.max_batch_size)
         self.generate.set_batch_wait_timeout_s(opts.batch_wait_timeout_s)
 
+    async def ping(self) -> bool:
+        return True
+
     async def summarize(self, job: SummaryJob) -> SummaryResult:
         from rlhf_cluster.prompts import chat_token_ids, summarizer_messages
 
@@ -198,6 +202,8 @@ class ScoreJob:
 class ScoreResult:
     rewards: list[float]
     truncated: list[bool]
+    cut: list[tuple[str, ...]] = dataclasses.field(default_factory=list)  # per response: the fields cut
+    error: str | None = None  # the conditioning itself does not fit max_length: the client's to shorten
 
 
 def count_responses(jobs: list[ScoreJob]) -> int:
@@ -228,6 +234,9 @@ class RewardModel:
             "rlhf_reward_inputs_truncated", "Reward inputs longer than max_length, cut from truncation_side."
         )
 
+    async def ping(self) -> bool:
+        return True
+
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=count_responses)
     async def score(self, jobs: list[ScoreJob]) -> list[ScoreResult]:
         results = await asyncio.to_thread(self._score, jobs)
@@ -253,7 +262,14 @@ class RewardModel:
         results, start = [], 0
         for job in jobs:
             end = start + len(job.responses)
-            results.append(ScoreResult(rewards[start:end], enc.truncated[start:end]))
+            cut = enc.cut[start:end]
+            error = None
+            if any("conditioning" in c for c in cut) and self.truncation_side == "keep_conditioning":
+                error = (
+                    f"the conditioning text is too long: with the prompt and response cut to nothing it still "
+                    f"exceeds the reward model's max_length={self.max_length} tokens; send a shorter one"
+                )
+            results.append(ScoreResult(rewards[start:end], enc.truncated[start:end], cut, error))
             start = end
         return results
 
@@ -268,14 +284,95 @@ class IngressSettings:
     max_context_pairs: int | None
 
 
+class ModelGate:
+    """A model deployment's handle as the ingress calls it: the deployment's trouble becomes a 503 with
+    Retry-After for the client, never a 500 or an open-ended wait.
+
+    When a replica dies, Serve's router holds the requests sent to it until the controller notices (its
+    health check) and a new replica is up: 10-25 s of silence. So a call not answered within
+    PROBE_AFTER_S has the deployment pinged (PROBE_TIMEOUT_S): no answer, or a call that fails because
+    the replica died (or the deployment has none, or sheds load), marks the deployment down and answers
+    503. While it is down, requests get 503 at once and a background ping (at most one at a time) finds
+    out when it answers again. A call that is slow while the deployment does answer waits up to
+    ``timeout_s`` (limits.model_timeout_s), then 503.
+    """
+
+    PROBE_AFTER_S = 2.0
+    PROBE_TIMEOUT_S = 2.0
+
+    def __init__(self, name: str, handle: DeploymentHandle, timeout_s: float, retry_after_s: int):
+        self.name, self.handle, self.timeout_s, self.retry_after_s = name, handle, timeout_s, retry_after_s
+        self.down, self._probe = False, None
+
+    async def call(self, method: str, *args):
+        if self.down:
+            if self._probe is None or self._probe.done():
+                self._probe = asyncio.ensure_future(self.ready())
+            raise self._unavailable("is down (its replica died) and is being restarted")
+        response = getattr(self.handle, method).remote(*args)
+        task = asyncio.ensure_future(_result(response))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=min(self.PROBE_AFTER_S, self.timeout_s))
+            if not done and not await self.ready():
+                raise self._unavailable("does not answer (its replica may have died)")
+            return await asyncio.wait_for(asyncio.shield(task), self.timeout_s)
+        except asyncio.TimeoutError:
+            raise self._unavailable(f"did not answer within {self.timeout_s:g} s (limits.model_timeout_s)") from None
+        except _DOWN_ERRORS as err:
+            self.down = True
+            raise self._unavailable(f"is unavailable ({type(err).__name__})") from None
+        finally:
+            if not task.done():
+                task.add_done_callback(_retrieve)  # its RequestCancelledError is expected, not news for the log
+                task.cancel()
+                response.cancel()
+
+    async def ready(self) -> bool:
+        """Whether the deployment answers a ping now; marks it down (or up again) accordingly."""
+        response = self.handle.ping.remote()
+        try:
+            await asyncio.wait_for(_result(response), self.PROBE_TIMEOUT_S)
+        except (asyncio.TimeoutError, *_DOWN_ERRORS):
+            response.cancel()
+            self.down = True
+            return False
+        self.down = False
+        return True
+
+    def _unavailable(self, why: str) -> ApiError:
+        headers = {"Retry-After": str(self.retry_after_s)}
+        return ApiError(503, f"the {self.name} {why}; retry in {self.retry_after_s} s", headers=headers)
+
+
+async def _result(response):
+    return await response
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _down_errors() -> tuple[type[BaseException], ...]:
+    from ray.exceptions import ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    return RayActorError, ActorUnavailableError, DeploymentUnavailableError, BackPressureError
+
+
+_DOWN_ERRORS = _down_errors()
+
+
 @serve.deployment
 @serve.ingress()
 class Ingress:
     """HTTP front (deploy/api.py routes) over the summarizer and reward-model handles and the summary store."""
 
     def __init__(self, reward_model: DeploymentHandle, summarizer: DeploymentHandle | None, settings: IngressSettings):
-        self.reward_model, self.summarizer, self.settings = reward_model, summarizer, settings
-        self.store = SummaryStore(settings.store_path)
+        timing = settings.limits.model_timeout_s, settings.limits.retry_after_s
+        self.reward_model = ModelGate("reward model", reward_model, *timing)
+        self.summarizer = ModelGate("summarizer", summarizer, *timing) if summarizer is not None else None
+        self.settings, self.store = settings, SummaryStore(settings.store_path)
 
     def __serve_build_asgi_app__(self):
         s = self.settings
@@ -289,7 +386,7 @@ class Ingress:
                 "send user_id or summary instead of a context",
                 field="context",
             )
-        result = await self.summarizer.summarize.remote(SummaryJob(context, context_messages, max_context_pairs))
+        result = await self.summarizer.call("summarize", SummaryJob(context, context_messages, max_context_pairs))
         if result.error:
             raise ApiError(422, result.error, field="context")
         return result.text
@@ -304,10 +401,15 @@ class Ingress:
             return render_context(pairs, messages, limit), "context"
         return await self.summarize(pairs, messages, body.max_context_pairs), "summarized"
 
-    async def score(self, conditioning: str, prompt: str, responses: list[str]) -> tuple[list[float], list[bool]]:
+    async def score(self, conditioning: str, prompt: str, responses: list[str]) -> Scored:
         text = None if self.settings.conditioning == "bt" else conditioning
-        result = await self.reward_model.score.remote(ScoreJob(text, prompt, responses))
-        return result.rewards, result.truncated
+        result = await self.reward_model.call("score", ScoreJob(text, prompt, responses))
+        return Scored(result.rewards, [list(c) for c in result.cut], result.error)
+
+    async def ready(self) -> dict[str, bool]:
+        gates = {"reward_model": self.reward_model, **({"summarizer": self.summarizer} if self.summarizer else {})}
+        up = await asyncio.gather(*(gate.ready() for gate in gates.values()))
+        return dict(zip(gates, up))
 
 
 # ------------------------------------------------------------------------------------------- builder

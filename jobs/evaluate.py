@@ -329,7 +329,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
             model, tokenizer, examples, cond, run.cfg.rm, cfg.batch_size, device, desc=split
         )
         accuracy[split], per_user[split] = split_metrics(examples, rc, rr)
-        if truncated[split]:  # left truncation cuts the conditioning first: the model saw less of the user
+        if truncated[split]:  # the rm.truncation_side decides what was lost (left: the conditioning first)
             rm = run.cfg.rm
             print(
                 f"notice: {split}: {truncated[split]} of {2 * examples.num_rows} inputs longer than "

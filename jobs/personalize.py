@@ -82,19 +82,21 @@ def load_source(cfg: PersonalizeConfig) -> Source:
     return Source(run["reward_model"], run["summarizer"], conditioning, run["config"], label)
 
 
-def conditioning_of(cfg: PersonalizeConfig, source: Source, split: str, rows: pa.Table) -> list[str | None]:
-    """What the reward model (and so the policy) reads about each row's user."""
+def conditioning_of(cfg: PersonalizeConfig, source: Source, tables: dict[str, pa.Table]) -> dict[str, list]:
+    """What the reward model (and so the policy) reads about each row's user, per split; summaries are
+    written by one rollout actor for every split not yet cached in run_dir/summaries/."""
     from rlhf_cluster.reward_model import conditioning_texts
 
-    summaries = None
+    summaries = dict.fromkeys(tables)
     if source.conditioning == "summary":
-        from actors.rollout import cached_summaries
+        from actors.rollout import cached_summaries_for
 
         greedy = source.run.rollout.model_copy(update={"temperature": 0.0, "n_samples": 1})  # as the run wrote them
         models = ModelsConfig(summarizer=source.summarizer, dtype=cfg.dtype)
-        path = Path(cfg.run_dir) / "summaries" / f"{split}.parquet"
-        summaries = cached_summaries(rows, path, models, greedy, cfg.rollout_resources, cfg.ray, cfg.seed)
-    return conditioning_texts(rows, source.conditioning, summaries, source.run.rm.max_context_pairs)
+        paths = {n: (t, Path(cfg.run_dir) / "summaries" / f"{n}.parquet") for n, t in tables.items()}
+        summaries = cached_summaries_for(paths, models, greedy, cfg.rollout_resources, cfg.ray, cfg.seed)
+    pairs = source.run.rm.max_context_pairs
+    return {n: conditioning_texts(t, source.conditioning, summaries[n], pairs) for n, t in tables.items()}
 
 
 @dataclasses.dataclass
@@ -102,14 +104,6 @@ class Split:
     rows: pa.Table
     conditioning: list[str | None]
     requests: pa.Table
-
-
-def load_split(cfg: PersonalizeConfig, source: Source, data, name: str, limit: int | None, tokenizer) -> Split:
-    from rlhf_cluster.prompts import response_requests
-
-    rows = read_split(data.dir, name, skip_bad_rows=data.skip_bad_rows, limit=limit)
-    conditioning = conditioning_of(cfg, source, name, rows)
-    return Split(rows, conditioning, response_requests(rows, conditioning, tokenizer, cfg.rollout, cfg.seed))
 
 
 def response_rows(split: Split, rollouts: pa.Table, rows=None) -> pa.Table:
@@ -143,6 +137,7 @@ def personalize_iteration(cfg, roles: Roles, scorer, train: Split, truth, it: in
     owners = train.rows.take(np.asarray(rows)[rollouts.column("request_id").to_numpy()]).to_pylist()
     responses = scored.column("response").to_pylist()
     m["true_utility"] = float(np.mean([truth.utility(y, r) for y, r in zip(responses, owners)]))
+    m["personalized_share"] = float(np.mean([truth.kind(y) == truth.best_kind(r) for y, r in zip(responses, owners)]))
     m["learned_reward"] = float(score.mean())
     m.update(step_metrics(cfg.policy, exp, version, new_version, t))
     return m, new_version, t
@@ -169,6 +164,13 @@ def judge(truth, split: Split, responses: list[str], base: list[str], rewards: n
         "win_rate_vs_base": float(np.mean(wins)),
         "personalized_share": float(np.mean([truth.kind(y) == truth.best_kind(r) for y, r in zip(responses, rows)])),
     }
+
+
+def judge_rows(truth, split: Split, responses: list[str], base: list[str], rewards: np.ndarray, idx) -> dict:
+    """``judge`` on the rows ``idx`` of a split."""
+    idx = list(idx)
+    sub = Split(split.rows.take(idx), [split.conditioning[i] for i in idx], split.requests.take(idx))
+    return judge(truth, sub, [responses[i] for i in idx], [base[i] for i in idx], np.asarray(rewards)[idx])
 
 
 def greedy_scored(roles: Roles, scorer, split: Split) -> tuple[list[str], np.ndarray]:
@@ -285,7 +287,8 @@ def main(argv=None) -> dict:
                 timings[k] = round(timings.get(k, 0.0) + v, 3)
             print(
                 f"iter {it}/{cfg.iterations}: learned reward {m['learned_reward']:.3f} true utility "
-                f"{m['true_utility']:.3f} kl {m['kl']:.4f} v{version} ({sum(t.values()):.1f}s)",
+                f"{m['true_utility']:.3f} their type's answer {m['personalized_share']:.2f} kl {m['kl']:.4f} "
+                f"v{version} ({sum(t.values()):.1f}s)",
                 flush=True,
             )
             if it % cfg.eval_every == 0 or it == cfg.iterations:
@@ -305,26 +308,29 @@ def main(argv=None) -> dict:
 def load_data(cfg: PersonalizeConfig, source: Source) -> tuple[Split, Split, dict[str, Split], object]:
     """Train and validation splits, every test split the world scores, and the world's ground truth."""
     from rlhf_cluster.models import load_tokenizer
+    from rlhf_cluster.prompts import response_requests
 
     data = cfg.data or source.run.data
     try:
         truth = world_truth(data.dir)
     except NoGroundTruth as err:
         raise SystemExit(f"data.dir={data.dir}: {err}") from None
-    tokenizer = load_tokenizer(cfg.policy_model)
-    train = load_split(cfg, source, data, cfg.train_split, data.limit, tokenizer)
-    val = load_split(cfg, source, data, cfg.eval_split, cfg.eval_limit, tokenizer)
     names = [n for n in list_splits(data.dir) if n not in (cfg.train_split, cfg.eval_split) and truth.scores_split(n)]
-    tests = {n: load_split(cfg, source, data, n, cfg.test_limit, tokenizer) for n in names}
-    if train.rows.num_rows < cfg.prompts_per_iter:
-        raise SystemExit(
-            f"{cfg.train_split}: {train.rows.num_rows} rows, fewer than prompts_per_iter={cfg.prompts_per_iter}"
-        )
+    limits = {cfg.train_split: data.limit, cfg.eval_split: cfg.eval_limit, **dict.fromkeys(names, cfg.test_limit)}
+    tables = {n: read_split(data.dir, n, skip_bad_rows=data.skip_bad_rows, limit=k) for n, k in limits.items()}
+    if (n_train := tables[cfg.train_split].num_rows) < cfg.prompts_per_iter:
+        raise SystemExit(f"{cfg.train_split}: {n_train} rows, fewer than prompts_per_iter={cfg.prompts_per_iter}")
+    conditioning, tokenizer = conditioning_of(cfg, source, tables), load_tokenizer(cfg.policy_model)
+    splits = {
+        n: Split(t, conditioning[n], response_requests(t, conditioning[n], tokenizer, cfg.rollout, cfg.seed))
+        for n, t in tables.items()
+    }
+    train, val = splits.pop(cfg.train_split), splits.pop(cfg.eval_split)
     print(
         f"  reward from {source.label} ({source.conditioning} conditioning); {train.rows.num_rows} train rows, "
         f"{val.rows.num_rows} {cfg.eval_split} rows; ceilings on conflicting prompts: {truth.ceilings()}"
     )
-    return train, val, tests, truth
+    return train, val, splits, truth
 
 
 def validate_and_keep_best(cfg, roles, scorer, val, truth, base, it, best, log, timings) -> dict:
@@ -350,13 +356,14 @@ def evaluate_best(run_dir: Path, label: str, roles: Roles, scorer, truth, tests:
     result = {"name": label, "best_iteration": best["iteration"], "ceilings": truth.ceilings(), "splits": {}}
     for name, split in tests.items():
         responses, rewards = greedy_scored(roles, scorer, split)
-        types = [truth.user_type(r) for r in split.rows.to_pylist()]
-        per = {"all": judge(truth, split, responses, base[name], rewards)}
+        rows = split.rows.to_pylist()
+        types, judged = [truth.user_type(r) for r in rows], (truth, split, responses, base[name], rewards)
+        per = {"all": judge_rows(*judged, range(len(rows)))}
+        if contested := [i for i, r in enumerate(rows) if r.get("contested")]:  # the types disagree on the pair
+            per["contested"] = judge_rows(*judged, contested)
         for t in sorted(set(types)):
             idx = [i for i, x in enumerate(types) if x == t]
-            sub = Split(split.rows.take(idx), [split.conditioning[i] for i in idx], split.requests.take(idx))
-            pick = [responses[i] for i in idx], [base[name][i] for i in idx], rewards[idx]
-            per[t] = {**judge(truth, sub, *pick), "samples": pick[0][:2]}
+            per[t] = {**judge_rows(*judged, idx), "samples": [responses[i] for i in idx[:2]]}
         result["splits"][name] = per
         print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in per["all"].items()), flush=True)
     (run_dir / "eval.json").write_text(json.dumps(result, indent=2))

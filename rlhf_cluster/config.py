@@ -210,8 +210,11 @@ class RewardTrainConfig(StrictModel):
         "context pairs: in-context baseline), summary (summaries from models.summarizer).",
     )
     max_length: int = Field(512, ge=16, description="Longest reward input in tokens; longer inputs are truncated.")
-    truncation_side: Literal["left", "right"] = Field(
-        "left", description="Which end of a too-long input is cut (left keeps the response, where the reward is read)."
+    truncation_side: Literal["keep_conditioning", "left", "right"] = Field(
+        "keep_conditioning",
+        description="How a too-long input is cut: keep_conditioning keeps the conditioning whole and cuts the "
+        "prompt's start, then the response's end; left cuts the start (the conditioning first: every user "
+        "then looks alike); right cuts the end (the response).",
     )
     max_context_pairs: Optional[int] = Field(
         None, ge=0, description="conditioning=context: show at most this many context pairs (None: all)."

@@ -58,6 +58,40 @@ def reward_messages(conditioning: str | None, prompt: str, response: str) -> lis
     return [{"role": "user", "content": user}, {"role": "assistant", "content": response}]
 
 
+def fitted_reward_ids(
+    tokenizer, conditioning: str | None, prompt: str, response: str, max_length: int
+) -> tuple[list[int], tuple[str, ...]]:
+    """The reward model's input ids cut to ``max_length`` tokens WITHOUT losing the conditioning, and which
+    fields were cut. What is over comes out of the prompt first (its start: the question usually ends it),
+    then out of the response (its end). Only when the template and the conditioning alone exceed
+    ``max_length`` is the conditioning cut — from the start of the whole input, as truncation_side=left
+    does — and ``"conditioning"`` is named first.
+
+    An input that fits is returned as ``chat_token_ids`` returns it (cut = ``()``); a cut one is encoded
+    piecewise (template pieces, conditioning turn, prompt, response apart), so its ids may differ from the
+    whole text's at the cut boundaries only.
+    """
+    messages = reward_messages(conditioning, prompt, response)
+    ids = chat_token_ids(tokenizer, messages, add_generation_prompt=False)
+    if len(ids) <= max_length:
+        return ids, ()
+    chat = render_chat(tokenizer, messages, add_generation_prompt=False)
+    user, reply = chat.contents  # the user turn (conditioning, then the prompt) and the response
+    tail = next((p for p in (prompt, prompt.rstrip(), prompt.strip()) if user.endswith(p)), None)
+    if tail is None or len(chat.pieces) != 3:
+        raise ValueError("the chat template does not render the reward model's messages in order: cannot fit them")
+    pieces = [tokenizer(p, add_special_tokens=False)["input_ids"] if p else [] for p in chat.pieces]
+    head, q, r = (plain_token_ids(tokenizer, t) for t in (user[: len(user) - len(tail)], tail, reply))
+    room = max_length - sum(map(len, pieces)) - len(head)
+    if room < 0:  # the conditioning itself does not fit: cut from the start, as truncation_side=left
+        prompt_cut = len(ids) - max_length > len(pieces[0]) + len(head)
+        return ids[len(ids) - max_length :], ("conditioning", "prompt") if prompt_cut else ("conditioning",)
+    keep_q = max(0, min(len(q), room - len(r)))
+    keep_r = min(len(r), room - keep_q)
+    fitted = pieces[0] + head + q[len(q) - keep_q :] + pieces[1] + r[:keep_r] + pieces[2]
+    return fitted, tuple(f for f, cut in (("prompt", keep_q < len(q)), ("response", keep_r < len(r))) if cut)
+
+
 def chat_token_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
     """Token ids of chat messages through the tokenizer's own chat template; message contents are text.
 

@@ -7,8 +7,10 @@ last real (non-pad) token.
 
 Padding and truncation are explicit: sequences are right-padded (so position ids of real tokens are
 the same as unpadded — left padding would shift them in HF Llama), and a sequence longer than
-``max_length`` loses tokens from ``truncation_side``: "left" (default) cuts the start of the
-conditioning and keeps the response, where the reward is read; "right" cuts the end.
+``max_length`` is cut by ``truncation_side``: "keep_conditioning" (default) keeps the conditioning whole
+and cuts the prompt's start, then the response's end (``prompts.fitted_reward_ids``; the conditioning is
+cut only when it alone does not fit); "left" cuts the start of the input — the conditioning first, the
+user's summary is what is lost; "right" cuts the end (the response).
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from typing import Literal
 import pyarrow as pa
 import torch
 
-from rlhf_cluster.prompts import chat_token_ids, render_context, reward_messages
+from rlhf_cluster.prompts import chat_token_ids, fitted_reward_ids, render_context, reward_messages
 from rlhf_cluster.schema import REWARD_PAIR_SCHEMA, check_batch
 from rlhf_cluster.tensors import pad_list_column
 
 Conditioning = Literal["bt", "oracle", "context", "summary"]
+TruncationSide = Literal["keep_conditioning", "left", "right"]
+# What each side's cut reaches first (left and right cut blindly; keep_conditioning names what it cut).
+_BLIND_CUT = {"left": ("conditioning",), "right": ("response",)}
 
 
 # -------------------------------------------------------------------------------- conditioning
@@ -101,11 +106,13 @@ def encode_texts(
 
 @dataclasses.dataclass
 class EncodedSequences:
-    """Right-padded reward inputs ids/mask [N, T]; ``truncated[i]``: sequence i was longer than max_length and cut."""
+    """Right-padded reward inputs ids/mask [N, T]; ``truncated[i]``: sequence i was longer than max_length and
+    cut; ``cut[i]``: which fields it lost (conditioning, prompt, response; ``()`` when it fit)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     truncated: list[bool]
+    cut: list[tuple[str, ...]] = dataclasses.field(default_factory=list)
 
 
 def encode_sequences(
@@ -114,10 +121,19 @@ def encode_sequences(
     prompts: Sequence[str],
     responses: Sequence[str],
     max_length: int,
-    truncation_side: Literal["left", "right"] = "left",
+    truncation_side: TruncationSide = "keep_conditioning",
 ) -> EncodedSequences:
     """Tokenize (conditioning, prompt, response) triples into one right-padded [N, T] tensor."""
     ids = encode_texts(tokenizer, conditioning, prompts, responses)
+    truncated = [len(x) > max_length for x in ids]
+    if truncation_side == "keep_conditioning":
+        cut = [()] * len(ids)
+        for i in (i for i, long in enumerate(truncated) if long):
+            ids[i], cut[i] = fitted_reward_ids(tokenizer, conditioning[i], prompts[i], responses[i], max_length)
+    elif truncation_side in _BLIND_CUT:
+        cut = [_BLIND_CUT[truncation_side] if long else () for long in truncated]
+    else:
+        raise ValueError(f"truncation_side must be keep_conditioning, left or right, got {truncation_side!r}")
     width = min(max(len(x) for x in ids), max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     input_ids, mask = pad_list_column(
@@ -125,14 +141,14 @@ def encode_sequences(
         pad,
         side="right",
         max_len=width,
-        truncate_side=truncation_side,
+        truncate_side="left" if truncation_side == "keep_conditioning" else truncation_side,  # all fit already
         name="reward input_ids",
     )
-    return EncodedSequences(input_ids, mask, [len(x) > max_length for x in ids])
+    return EncodedSequences(input_ids, mask, truncated, cut)
 
 
 def encode_pairs(
-    tokenizer, batch: pa.Table, max_length: int, truncation_side: Literal["left", "right"] = "left"
+    tokenizer, batch: pa.Table, max_length: int, truncation_side: TruncationSide = "keep_conditioning"
 ) -> EncodedPairs:
     """Tokenize a REWARD_PAIR_SCHEMA batch into one right-padded [2B, T] tensor (chosen, then rejected)."""
     check_batch(batch, REWARD_PAIR_SCHEMA, "encode_pairs")
@@ -179,9 +195,10 @@ def truncation_line(stats: dict, what: str, max_length: int, truncation_side: st
     longest = f" (longest {stats['max_tokens']})" if stats.get("max_tokens") else ""
     if not stats["n_truncated_rows"]:
         return f"truncation: none of {stats['n_rows']} {what} exceed rm.max_length={max_length} tokens{longest}"
-    cuts = "their start (the conditioning)"
-    if truncation_side != "left":
-        cuts = "their end (the response, where the reward is read)"
+    cuts = {
+        "left": "their start (the conditioning)",
+        "right": "their end (the response, where the reward is read)",
+    }.get(truncation_side, "their prompt's start, then their response's end (the conditioning is kept)")
     return (
         f"truncation: {stats['n_truncated_rows']} of {stats['n_rows']} {what} ({100 * stats['share']:.1f} %) "
         f"exceed rm.max_length={max_length} tokens{longest}; truncation_side={truncation_side} cuts {cuts}"

@@ -38,7 +38,7 @@ class BatchedServeDeployment(ServeDeployment):
 
 
 SERVE_DEPLOYMENT_DEFAULTS = {
-    "ingress": {"max_ongoing_requests": 64, "resources": {"num_cpus": 0.25}},
+    "ingress": {"max_ongoing_requests": 256, "resources": {"num_cpus": 0.25}},
     "summarizer": {"max_ongoing_requests": 32, "max_batch_size": 8, "batch_wait_timeout_s": 0.02},
     "reward_model": {"max_ongoing_requests": 64, "max_batch_size": 64, "batch_wait_timeout_s": 0.005},
 }
@@ -76,6 +76,13 @@ class ServeLimits(StrictModel):
     max_context_pairs: int = Field(64, ge=0, description="Labelled pairs per request context.")
     max_context_messages: int = Field(64, ge=0, description="Conversation messages per request context.")
     max_user_id_chars: int = Field(128, ge=1, description="Longest user id (letters, digits and . _ : @ -).")
+    body_timeout_s: float = Field(
+        10.0, gt=0, description="A request body not received whole within this many seconds gets 408 (stalled clients)."
+    )
+    model_timeout_s: float = Field(
+        60.0, gt=0, description="A model deployment that has not answered within this many seconds: 503."
+    )
+    retry_after_s: int = Field(5, ge=1, description="Retry-After (seconds) sent with a 503 while a model is down.")
 
 
 class ServeAuth(StrictModel):
@@ -128,9 +135,10 @@ class ServeConfig(StrictModel):
         ge=16,
         description="Longest reward input, tokens (default: the run's rm.max_length, else 512).",
     )
-    truncation_side: Optional[Literal["left", "right"]] = Field(
+    truncation_side: Optional[Literal["keep_conditioning", "left", "right"]] = Field(
         None,
-        description="Which end of a too-long reward input is cut (default: the run's, else left).",
+        description="How a too-long reward input is cut (default: the run's, else keep_conditioning; see "
+        "rm.truncation_side). The endpoint refuses (422) an input whose conditioning alone does not fit.",
     )
     rollout: RolloutConfig = Field(
         default_factory=section_factory(RolloutConfig, SERVE_ROLLOUT_DEFAULTS),

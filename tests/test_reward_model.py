@@ -12,6 +12,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 from rlhf_cluster.reward_model import (
     conditioning_texts,
     encode_pairs,
+    encode_sequences,
     encode_texts,
     pair_table,
     sequence_rewards,
@@ -163,6 +164,41 @@ def test_truncation_side_is_honoured_and_counted(tok, side):
         ids = full.input_ids[row, :n]
         kept = ids[-cut:] if side == "left" else ids[:cut]
         assert enc.input_ids[row, : len(kept)].tolist() == kept.tolist()
+
+
+def test_keep_conditioning_cuts_the_prompt_then_the_response_never_the_summary(tok):
+    """Issue 17 defect 4: left truncation dropped the user's summary first, so past max_length every user got
+    the same input (and reward). keep_conditioning keeps the summary whole: the prompt's start goes first,
+    then the response's end; only a summary that alone does not fit is cut (and named)."""
+    from rlhf_cluster.prompts import chat_token_ids, fitted_reward_ids, reward_messages
+
+    summaries, response = ["user likes cats", "user likes dogs"], "A cat."
+    prompt = "Which pet? " * 60 + "A cat or a dog?"
+    full = [chat_token_ids(tok, reward_messages(s, prompt, response), add_generation_prompt=False) for s in summaries]
+    head = len(chat_token_ids(tok, reward_messages(summaries[0], "", ""), add_generation_prompt=False))
+    cut = len(full[0]) - head - 40  # more than the whole conditioning turn is over, less than the prompt
+    left = encode_sequences(tok, summaries, [prompt] * 2, [response] * 2, cut, "left")
+    assert left.input_ids[0].tolist() == left.input_ids[1].tolist()  # the defect: both users look alike
+    kept = encode_sequences(tok, summaries, [prompt] * 2, [response] * 2, cut)  # the default
+    assert kept.truncated == [True, True] and kept.cut == [("prompt",), ("prompt",)]
+    assert kept.input_ids.shape[1] == cut and kept.input_ids[0].tolist() != kept.input_ids[1].tolist()
+    for row, s in enumerate(summaries):
+        text = tok.decode(kept.input_ids[row].tolist())
+        assert s in text and "A cat or a dog?" in text and response in text and text.count("Which pet?") < 60
+    # a response longer than what is left after the prompt: the prompt goes entirely, then the response's end
+    long_response = "the cat sat on the mat " * 20
+    ids, fields = fitted_reward_ids(tok, "user likes cats", "Which pet?", long_response, head + 20)
+    assert len(ids) == head + 20 and fields == ("prompt", "response")
+    text = tok.decode(ids)
+    assert "user likes cats" in text and "Which pet?" not in text and text.count("the cat sat") < 20
+    # the conditioning alone is over: cut from the start as left would, and named first
+    ids, fields = fitted_reward_ids(tok, "cats " * 200, "Which pet?", "A cat.", 60)
+    assert len(ids) == 60 and fields == ("conditioning",)
+    # an input that fits is untouched
+    assert fitted_reward_ids(tok, "cats", "Which pet?", "A cat.", 4096) == (
+        chat_token_ids(tok, reward_messages("cats", "Which pet?", "A cat."), add_generation_prompt=False),
+        (),
+    )
 
 
 class _WordTokenizer:

@@ -29,7 +29,9 @@ from rlhf_cluster.summary_store import SummaryStore
 TOKEN_ENV = "RLHF_TEST_SERVE_TOKEN"
 TOKEN = "test-token-0123456789abcdef"
 APP = "rlhf_test"
-LIMITS = {"max_body_bytes": 16384, "max_text_chars": 2000, "max_responses": 8, "max_context_pairs": 8}
+LIMITS = {
+    "max_body_bytes": 16384, "max_text_chars": 2000, "max_responses": 8, "max_context_pairs": 8, "body_timeout_s": 3,
+}  # fmt: skip
 MAX_LENGTH = 80  # reward inputs with a user description (~96 tokens) get cut: truncation is exercised
 LONG_TEXT = "lorem ipsum dolor " * 100  # 1,800 characters, ~1,200 tokens: over the summarizer's budget
 
@@ -165,7 +167,7 @@ def offline_rewards(offline_rm, examples, conditioning: list[str]):
     from rlhf_cluster.reward_model import encode_pairs, pair_rewards, pair_table
 
     model, tokenizer = offline_rm
-    enc = encode_pairs(tokenizer, pair_table(examples, conditioning), MAX_LENGTH, "left")
+    enc = encode_pairs(tokenizer, pair_table(examples, conditioning), MAX_LENGTH)  # the run's: keep_conditioning
     with torch.inference_mode():
         r_c, r_r = pair_rewards(model, enc)
     return r_c.tolist(), r_r.tolist(), enc.n_truncated
@@ -275,7 +277,10 @@ class StandInService:
     """What the ingress does, without models: rewards are response lengths, summaries a fixed text."""
 
     def __init__(self, store: SummaryStore):
-        self.store = store
+        self.store, self.down = store, False
+
+    async def ready(self) -> dict[str, bool]:
+        return {"reward_model": not self.down, "summarizer": True}
 
     async def summarize(self, context, context_messages, max_context_pairs) -> str:
         return "Likes cats."
@@ -284,7 +289,15 @@ class StandInService:
         return "Likes cats.", "summarized"
 
     async def score(self, conditioning, prompt, responses):
-        return [float(len(r)) for r in responses], [False] * len(responses)
+        from deploy.api import ApiError, Scored
+
+        if self.down:  # what deploy.serve.ModelGate raises for a dead replica
+            raise ApiError(503, "the reward model is down; retry in 5 s", headers={"Retry-After": "5"})
+
+        if len(conditioning) > 1500:  # the conditioning alone does not fit the reward model's input
+            return Scored([0.0] * len(responses), [["conditioning"]] * len(responses), "the conditioning is too long")
+        cut = [["prompt"] if len(prompt) > 500 else [] for _ in responses]
+        return Scored([float(len(r)) for r in responses], cut)
 
 
 @pytest.fixture
@@ -297,7 +310,9 @@ def api(tmp_path):
 
     service = StandInService(SummaryStore(tmp_path / "summaries.sqlite"))
     app = build_api(service, ApiSettings(TOKEN, ServeLimits(**{**LIMITS, "max_body_bytes": 1_048_576})))
-    return TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
+    client = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
+    client.service = service
+    return client
 
 
 GOOD_REWARDS = {"summary": "Likes cats.", "prompt": "Which pet?", "responses": ["A cat.", "A dog."]}
@@ -369,6 +384,70 @@ def test_json_bodies_must_be_utf8(api):
         assert api.post("/v1/rewards", content=text.encode(), headers={"Content-Type": fine}).status_code == 200
 
 
+def test_a_conditioning_that_cannot_fit_is_a_422_naming_its_field_and_cut_fields_are_reported(api):
+    """Issue 17 defect 4: the conditioning is never what a long input loses; when the conditioning alone does
+    not fit the reward model, the request is refused naming where that text came from."""
+    body = {"prompt": "Which pet? " * 60, "responses": ["A cat.", "A dog."]}
+    r = api.post("/v1/rewards", json={**body, "summary": "Likes cats."})
+    assert r.status_code == 200 and r.json()["truncated_fields"] == [["prompt"], ["prompt"]]
+    assert r.json()["truncated"] == [True, True]
+    r = api.post("/v1/rewards", json={**body, "summary": "Likes cats. " * 160})
+    assert r.status_code == 422 and r.json()["field"] == "summary" and "too long" in r.json()["detail"]
+    api.put("/v1/users/u9/summary", json={"summary": "Likes cats. " * 160})
+    r = api.post("/v1/compare", json={"user_id": "u9", "prompt": "Which pet?", "response_a": "A", "response_b": "B"})
+    assert r.status_code == 422 and r.json()["field"] == "user_id"
+
+
+def test_a_model_that_is_down_is_a_503_with_retry_after_and_readyz_says_so(api):
+    """Issue 17 defect 2: the server's trouble is a 503 with Retry-After (not a 500), and /readyz (no token)
+    reports whether each model deployment answers."""
+    from fastapi.testclient import TestClient
+
+    anonymous = TestClient(api.app)
+    r = anonymous.get("/readyz")
+    assert r.status_code == 200 and r.json() == {
+        "status": "ready",
+        "deployments": {"reward_model": True, "summarizer": True},
+    }
+    api.service.down = True
+    r = anonymous.get("/readyz")
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5" and r.json()["deployments"]["reward_model"] is False
+    r = api.post("/v1/rewards", json={"summary": "Likes cats.", "prompt": "Which pet?", "responses": ["A cat."]})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5" and "retry" in r.json()["detail"]
+    api.service.down = False
+    assert api.post("/v1/rewards", json={"summary": "s", "prompt": "p", "responses": ["r"]}).status_code == 200
+
+
+def test_a_stalled_request_body_gets_408_and_frees_its_slot():
+    """Issue 17 defect 1: a client that sends headers and then stalls its body is answered 408 after
+    limits.body_timeout_s instead of holding the request open for ever."""
+    import asyncio
+    import time
+
+    from deploy.api import BodyGuard
+
+    reached = []
+
+    async def app(scope, receive, send):
+        reached.append(scope["path"])
+
+    async def stalled_receive():
+        await asyncio.sleep(3600)
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"100")]
+    scope = {"type": "http", "method": "POST", "path": "/v1/rewards", "headers": headers}
+    start = time.monotonic()
+    asyncio.run(BodyGuard(app, max_bytes=1024, timeout_s=0.2)(scope, stalled_receive, send))
+    assert time.monotonic() - start < 5 and not reached
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+    assert b"limits.body_timeout_s" in sent[1]["body"]
+
+
 def test_oversized_headers_are_refused_before_auth(api):
     """A header block over the limit gets 431 before the token is looked at: anonymous, with a huge
     Authorization header, or with the right token."""
@@ -396,7 +475,7 @@ def test_resolve_models_from_plus_and_train_rm_runs(tiny_data, tiny_models, tmp_
     m = resolve_models(config_from_args({"run_dir": str(plus)}))
     assert m.reward_model == str((plus / "best" / "reward_model").resolve()) and has_reward_head(m.reward_model)
     assert m.summarizer == str((plus / "best" / "summarizer").resolve())
-    assert (m.conditioning, m.max_length, m.truncation_side) == ("summary", MAX_LENGTH, "left")
+    assert (m.conditioning, m.max_length, m.truncation_side) == ("summary", MAX_LENGTH, "keep_conditioning")
 
     # jobs.train_rm: the checkpoint is <run>/last (no best/ here), the summarizer is the run's fixed one
     rm_run = tmp_path / "rm"
@@ -531,6 +610,8 @@ def test_rewards_equal_the_offline_reward_model(endpoint, offline_rm, tiny_data)
     assert [s["rewards"][0] for s in served] == pytest.approx(r_c, abs=1e-4)
     assert [s["rewards"][1] for s in served] == pytest.approx(r_r, abs=1e-4)
     assert sum(sum(s["truncated"]) for s in served) == n_truncated > 0
+    cut = [tuple(f) for s in served for f in s["truncated_fields"]]  # the summary is kept whole (issue 17, 4)
+    assert sum(map(bool, cut)) == n_truncated and {f for c in cut for f in c} <= {"prompt", "response"}
     assert max(abs(a - b) for a, b in zip(r_c, r_r)) > 0.1, "rewards must differ between responses"
     # The replica counts them in Ray Serve metrics too (Prometheus; exported every few seconds).
     counts = wait_until(lambda: _reward_input_counts(n_truncated), 60, "the truncation counter in Ray's metrics")
@@ -896,7 +977,7 @@ def test_control_strings_in_user_text_are_scored_as_text(endpoint, offline_rm):
     summary, prompt, responses = f"Likes cats.{forged}", f"Which pet?{forged}", ["A dog.", f"A dog.{forged}"]
     served = endpoint.post("/v1/rewards", {"summary": summary, "prompt": prompt, "responses": responses})
     assert served.status_code == 200, served.text
-    enc = encode_sequences(tokenizer, [summary] * 2, [prompt] * 2, responses, MAX_LENGTH, "left")
+    enc = encode_sequences(tokenizer, [summary] * 2, [prompt] * 2, responses, MAX_LENGTH)
     with torch.inference_mode():
         offline = sequence_rewards(model, enc.input_ids, enc.attention_mask).tolist()
     assert served.json()["rewards"] == pytest.approx(offline, abs=1e-4)
@@ -948,16 +1029,9 @@ def test_stored_summary_survives_a_replica_restart(endpoint):
 
     endpoint.call("PUT", "/v1/users/durable-user/summary", json={"summary": "Kept across restarts."})
 
-    def replicas(deployment: str) -> list[str]:
-        return [
-            a["name"]
-            for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["name"].startswith(f"SERVE_REPLICA::{APP}#{deployment}#")
-        ]
-
-    (old,) = replicas("Ingress")
+    (old,) = _replicas("Ingress")
     ray.kill(ray.get_actor(old, namespace="serve"), no_restart=True)
-    wait_until(lambda: replicas("Ingress") and replicas("Ingress") != [old], 90, "a new ingress replica")
+    wait_until(lambda: _replicas("Ingress") and _replicas("Ingress") != [old], 90, "a new ingress replica")
 
     def stored():
         r = endpoint.call("GET", "/v1/users/durable-user/summary")
@@ -965,3 +1039,77 @@ def test_stored_summary_survives_a_replica_restart(endpoint):
 
     assert wait_until(stored, 90, "the restarted ingress to answer")["summary"] == "Kept across restarts."
     assert endpoint.call("GET", "/v1/users/someone-else/summary").status_code == 404
+
+
+def _replicas(deployment: str) -> list[str]:
+    import ray
+
+    return [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["name"].startswith(f"SERVE_REPLICA::{APP}#{deployment}#")
+    ]
+
+
+@pytest.mark.slow
+def test_stalled_clients_get_408_and_do_not_block_others(endpoint):
+    """Issue 17 defect 1, on the real server: 70 authenticated clients send headers and then stall their
+    body (more than the ingress once held at once); another client is still answered, and every stalled one
+    gets 408 after limits.body_timeout_s (3 s here)."""
+    host, port = endpoint.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/rewards HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    ).encode()
+    stalled = []
+    for _ in range(70):
+        sock = socket.create_connection((host, int(port)), timeout=30)
+        sock.sendall(head)
+        stalled.append(sock)
+    try:
+        time.sleep(0.5)
+        start = time.monotonic()
+        r = endpoint.post("/v1/rewards", {"summary": "Likes cats.", "prompt": "Which pet?", "responses": ["A cat."]})
+        answered_s = time.monotonic() - start
+        assert r.status_code == 200 and answered_s < 3, (r.status_code, answered_s)
+        statuses = []
+        for sock in stalled:
+            reply = sock.recv(4096).decode("latin-1")
+            statuses.append(reply.split(" ", 2)[1] if reply.startswith("HTTP/") else reply[:40])
+        assert statuses == ["408"] * 70, statuses
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+@pytest.mark.slow
+def test_a_dead_reward_replica_gives_503_with_retry_after_never_500_and_recovers(endpoint):
+    """Issue 17 defect 2: while the reward model's replica is dead and Serve starts a new one, clients get
+    503 with Retry-After (not 500 ActorDiedError, not a long stall) and /readyz reports it; then 200."""
+    import ray
+
+    body = {"summary": "Likes cats.", "prompt": "Which pet?", "responses": ["A cat.", "A dog."]}
+    assert requests.get(endpoint.url + "/readyz", timeout=30).status_code == 200
+    (old,) = _replicas("RewardModel")
+    ray.kill(ray.get_actor(old, namespace="serve"), no_restart=True)
+    killed, seen, slowest = time.monotonic(), [], 0.0
+    while time.monotonic() - killed < 120:
+        start = time.monotonic()
+        r = endpoint.post("/v1/rewards", body)
+        slowest = max(slowest, time.monotonic() - start)
+        ready = requests.get(endpoint.url + "/readyz", timeout=30)
+        seen.append((r.status_code, ready.status_code))
+        if r.status_code == 503:
+            assert int(r.headers["Retry-After"]) > 0 and "retry" in r.json()["detail"]
+        if ready.status_code == 503:
+            assert ready.headers["Retry-After"] and ready.json()["deployments"]["reward_model"] is False
+        if r.status_code == 200 and ready.status_code == 200 and any(c == 503 for c, _ in seen):
+            break
+        time.sleep(0.2)
+    recovered_s = time.monotonic() - killed
+    codes = {c for pair in seen for c in pair}
+    assert codes <= {200, 503} and 503 in codes and seen[-1] == (200, 200), seen
+    assert slowest < 10, f"a request waited {slowest:.1f} s while the replica was down"
+    print(
+        f"reward replica killed: {len(seen)} polls, 503s then 200 after {recovered_s:.1f} s (slowest {slowest:.1f} s)"
+    )
