@@ -121,10 +121,39 @@ def _visible(char: str) -> bool:
     return unicodedata.category(char) not in _INVISIBLE_CATEGORIES and char not in _INVISIBLE_CHARACTERS
 
 
+def _visible_pattern() -> str:
+    """A JSON-schema ``pattern`` (unanchored: "contains a match") true of text with a visible character:
+    one character outside the invisible set, written as ranges of the Basic Multilingual Plane (the
+    invisible format characters above it, such as language tags, are refused by the server only)."""
+    ranges, start = [], None
+    for code in range(0x10000 + 1):
+        invisible = code <= 0xFFFF and not (0xD800 <= code <= 0xDFFF) and not _visible(chr(code))
+        if invisible and start is None:
+            start = code
+        elif not invisible and start is not None:
+            ranges.append(f"\\u{start:04x}" + (f"-\\u{code - 1:04x}" if code - 1 > start else ""))
+            start = None
+    return "[^" + "".join(ranges) + "]"
+
+
 def _not_blank(text: str) -> str:
     if not any(map(_visible, text)):
         raise ValueError("must not be empty or only whitespace or invisible characters (such as U+200B)")
     return text
+
+
+VISIBLE_PATTERN = _visible_pattern()
+# The body rules pydantic validators enforce, written into the OpenAPI schema as well: a context holds
+# at least one item; exactly one of user_id, summary, or a context (pairs and/or messages) is given.
+_HAS_CONTEXT = [
+    {"required": ["context"], "properties": {"context": {"minItems": 1}}},
+    {"required": ["context_messages"], "properties": {"context_messages": {"minItems": 1}}},
+]
+_ONE_CONDITIONING = [
+    {"required": ["user_id"], "properties": {"user_id": {"type": "string"}}},
+    {"required": ["summary"], "properties": {"summary": {"type": "string"}}},
+    {"anyOf": _HAS_CONTEXT},
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +167,12 @@ class Bodies:
 
 def request_bodies(limits: ServeLimits) -> Bodies:
     """Request body classes whose limits (text length, list sizes) come from ``limits``."""
-    Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_text_chars), AfterValidator(_not_blank)]
+    Text = Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=limits.max_text_chars),
+        AfterValidator(_not_blank),
+        Field(json_schema_extra={"pattern": VISIBLE_PATTERN}),
+    ]
     id_rule = USER_ID_RULE.format(1, limits.max_user_id_chars)
     UserId = Annotated[
         str, StringConstraints(min_length=1, max_length=limits.max_user_id_chars, pattern=USER_ID_PATTERN)
@@ -169,6 +203,7 @@ def request_bodies(limits: ServeLimits) -> Bodies:
             return bool(self.context or self.context_messages)
 
     class SummarizeRequest(WithContext):
+        model_config = ConfigDict(json_schema_extra={"anyOf": _HAS_CONTEXT})
         user_id: Optional[UserId] = Field(None, description=f"Store the summary for this user: {id_rule}.")
 
         @model_validator(mode="after")
@@ -182,6 +217,8 @@ def request_bodies(limits: ServeLimits) -> Bodies:
 
     class Conditioned(WithContext):
         """Exactly one of user_id (its stored summary), summary, or context (summarized now)."""
+
+        model_config = ConfigDict(json_schema_extra={"oneOf": _ONE_CONDITIONING})
 
         user_id: Optional[UserId] = Field(None, description=f"Use this user's stored summary: {id_rule}.")
         summary: Optional[Text] = Field(None, description="Use this summary text.")
@@ -245,6 +282,39 @@ class RewardsOut(BaseModel):
     summary: str = Field(description="The text the reward model was conditioned on (for context: the summary written).")
 
 
+class FieldErrorOut(BaseModel):
+    field: str = Field(description="The field, e.g. context[0].prompt (body for the body as a whole).")
+    message: str
+
+
+class ErrorOut(BaseModel):
+    """Every error reply: ``detail`` says what is wrong; ``field`` names the one field at fault (404, 422
+    from a route); ``errors`` lists each bad field of a body that failed validation (422)."""
+
+    detail: str
+    field: Optional[str] = None
+    errors: Optional[list[FieldErrorOut]] = None
+
+
+def _errors(*codes: int) -> dict:
+    return {code: {"model": ErrorOut, "description": _ERROR_MEANING[code]} for code in codes}
+
+
+_ERROR_MEANING = {
+    400: "Malformed JSON, or a body that is not UTF-8.",
+    401: "Missing or wrong bearer token.",
+    404: "No stored summary for this user id.",
+    405: "Method not allowed on this path.",
+    408: "The request body was not received within limits.body_timeout_s.",
+    413: "Body larger than limits.max_body_bytes.",
+    415: "Not application/json, or a charset other than utf-8.",
+    422: "A field missing, mistyped, empty or over its limit; the request's text does not fit a model.",
+    431: "Request headers larger than 16 KiB.",
+    503: "A model deployment is down or did not answer in time: retry after Retry-After seconds.",
+}
+_V1_ERRORS = _errors(400, 401, 404, 408, 413, 415, 422, 431, 503)
+
+
 class ReadyOut(BaseModel):
     status: Literal["ready", "unavailable"] = Field(description="ready when every model deployment answers.")
     deployments: dict[str, bool] = Field(description="Per model deployment: it answered a ping just now.")
@@ -278,18 +348,19 @@ def build_api(service: Service, settings: ApiSettings) -> FastAPI:
         version="1",
     )
     # Added innermost first; on the way in: the header size, auth (headers only), the body checks, the routes.
-    app.add_middleware(BodyGuard, max_bytes=settings.limits.max_body_bytes, timeout_s=settings.limits.body_timeout_s)
+    limits = settings.limits
+    app.add_middleware(BodyGuard, max_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s, router=app.router)
     app.add_middleware(BearerAuth, token=settings.token, public_docs=settings.public_docs)
     app.add_middleware(HeaderLimit)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=_errors(431))
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", response_model=ReadyOut, responses={503: {"model": ReadyOut}})
+    @app.get("/readyz", response_model=ReadyOut, responses={**_errors(431), 503: {"model": ReadyOut}})
     async def readyz():
         up = await service.ready()
         if all(up.values()):
@@ -298,7 +369,7 @@ def build_api(service: Service, settings: ApiSettings) -> FastAPI:
         return JSONResponse(status_code=503, content={"status": "unavailable", "deployments": up}, headers=headers)
 
     # HTTPBearer(auto_error=False) checks nothing (BearerAuth did); it puts the scheme in the OpenAPI.
-    v1 = APIRouter(prefix="/v1", dependencies=[Security(HTTPBearer(auto_error=False))])
+    v1 = APIRouter(prefix="/v1", dependencies=[Security(HTTPBearer(auto_error=False))], responses=_V1_ERRORS)
     _summary_routes(v1, service, bodies)
     _reward_routes(v1, service, bodies)
     app.include_router(v1)
@@ -517,12 +588,12 @@ class BodyGuard:
     are bounded too) and UTF-8 text (400; UTF-16/32 too, which json.loads would otherwise detect and
     accept). The checked body is replayed to the app."""
 
-    def __init__(self, app, max_bytes: int, timeout_s: float = 10.0):
-        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+    def __init__(self, app, max_bytes: int, timeout_s: float = 10.0, router=None):
+        self.app, self.max_bytes, self.timeout_s, self.router = app, max_bytes, timeout_s, router
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
-            return await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS or not self._routed(scope):
+            return await self.app(scope, receive, send)  # no route takes it: the router answers 404 / 405
         if problem := _media_type_error(_header(scope, b"content-type")):
             return await _reply(scope, receive, send, 415, problem)
         declared = _header(scope, b"content-length")
@@ -538,6 +609,12 @@ class BodyGuard:
         if problem := _encoding_error(body):
             return await _reply(scope, receive, send, 400, problem)
         await self.app(scope, _replay(body, receive), send)
+
+    def _routed(self, scope) -> bool:
+        """Whether a route takes this method on this path (every request does when no router is given)."""
+        from starlette.routing import Match
+
+        return self.router is None or any(r.matches(scope)[0] == Match.FULL for r in self.router.routes)
 
     async def _read(self, receive) -> bytes | None:
         """The whole body, or None as soon as it passes max_bytes."""
