@@ -1084,32 +1084,59 @@ def test_stalled_clients_get_408_and_do_not_block_others(endpoint):
 
 @pytest.mark.slow
 def test_a_dead_reward_replica_gives_503_with_retry_after_never_500_and_recovers(endpoint):
-    """Issue 17 defect 2: while the reward model's replica is dead and Serve starts a new one, clients get
-    503 with Retry-After (not 500 ActorDiedError, not a long stall) and /readyz reports it; then 200."""
+    """Issue 17 defect 2, under load: 8 clients keep scoring (two of them give up on their requests after
+    0.3 s, as killed clients do) while the reward model's replica is killed. Every reply is a 200 or a 503
+    with Retry-After (no 500 ActorDiedError, no long stall), /readyz reports the outage, then 200 again."""
+    import threading
+    from collections import Counter
+
     import ray
 
     body = {"summary": "Likes cats.", "prompt": "Which pet?", "responses": ["A cat.", "A dog."]}
     assert requests.get(endpoint.url + "/readyz", timeout=30).status_code == 200
-    (old,) = _replicas("RewardModel")
-    ray.kill(ray.get_actor(old, namespace="serve"), no_restart=True)
-    killed, seen, slowest = time.monotonic(), [], 0.0
-    while time.monotonic() - killed < 120:
-        start = time.monotonic()
-        r = endpoint.post("/v1/rewards", body)
-        slowest = max(slowest, time.monotonic() - start)
-        ready = requests.get(endpoint.url + "/readyz", timeout=30)
-        seen.append((r.status_code, ready.status_code))
-        if r.status_code == 503:
-            assert int(r.headers["Retry-After"]) > 0 and "retry" in r.json()["detail"]
-        if ready.status_code == 503:
-            assert ready.headers["Retry-After"] and ready.json()["deployments"]["reward_model"] is False
-        if r.status_code == 200 and ready.status_code == 200 and any(c == 503 for c, _ in seen):
-            break
-        time.sleep(0.2)
-    recovered_s = time.monotonic() - killed
-    codes = {c for pair in seen for c in pair}
-    assert codes <= {200, 503} and 503 in codes and seen[-1] == (200, 200), seen
-    assert slowest < 10, f"a request waited {slowest:.1f} s while the replica was down"
+    stop, counts, lock, slowest = threading.Event(), Counter(), threading.Lock(), [0.0]
+
+    def client(i: int) -> None:
+        while not stop.is_set():
+            start = time.monotonic()
+            try:
+                r = requests.post(
+                    endpoint.url + "/v1/rewards", json=body, headers=endpoint.auth, timeout=0.3 if i < 2 else 60
+                )
+                outcome = r.status_code if r.status_code != 503 or int(r.headers["Retry-After"]) > 0 else "503 bare"
+            except requests.Timeout:
+                outcome = "gave up"
+            with lock:
+                counts[outcome] += 1
+                slowest[0] = max(slowest[0], time.monotonic() - start) if outcome != "gave up" else slowest[0]
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)
+        (old,) = _replicas("RewardModel")
+        ray.kill(ray.get_actor(old, namespace="serve"), no_restart=True)
+        killed, ready_seen = time.monotonic(), []
+        while time.monotonic() - killed < 120:
+            ready = requests.get(endpoint.url + "/readyz", timeout=30)
+            ready_seen.append(ready.status_code)
+            if ready.status_code == 503:
+                assert ready.headers["Retry-After"] and ready.json()["deployments"]["reward_model"] is False
+            if ready.status_code == 200 and 503 in ready_seen and counts[503]:
+                break
+            time.sleep(0.2)
+        recovered_s = time.monotonic() - killed
+        time.sleep(1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=70)
+    assert set(counts) <= {200, 503, "gave up"} and counts[503] and counts[200], counts
+    assert 503 in ready_seen and ready_seen[-1] == 200, ready_seen
+    assert slowest[0] < 10, f"a request waited {slowest[0]:.1f} s while the replica was down"
+    assert endpoint.post("/v1/rewards", body).status_code == 200
     print(
-        f"reward replica killed: {len(seen)} polls, 503s then 200 after {recovered_s:.1f} s (slowest {slowest:.1f} s)"
+        f"reward replica killed under load: {dict(counts)}; ready again after {recovered_s:.1f} s "
+        f"(slowest {slowest[0]:.1f} s)"
     )
