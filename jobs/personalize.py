@@ -130,6 +130,9 @@ def personalize_iteration(cfg, roles: Roles, scorer, train: Split, truth, it: in
     with phase("score", t, quiet=True):
         scored = response_rows(train, rollouts, rows)
         score = torch.as_tensor(scorer.rewards(scored).column("reward").to_numpy().astype(np.float32))
+        if not torch.isfinite(score).all():  # never train on a made-up number
+            bad = int((~torch.isfinite(score)).sum())
+            raise RuntimeError(f"iteration {it}: the reward model gave {bad} non-finite rewards of {len(score)}")
     exp = experience(cfg.policy, roles, rollouts, score, t)
     m = update(cfg.policy, roles, exp, cfg.seed + it, t, "train policy", train_policy=True)
     new_version = sync_weights(roles, version, t)

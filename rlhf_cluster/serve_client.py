@@ -18,7 +18,10 @@ thread.
 
 from __future__ import annotations
 
+import math
 import os
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,9 +41,19 @@ class ServeUnavailable(ServeError):
 class ServeRequestError(ServeError):
     """The endpoint answered with an error status; ``status`` and ``detail`` are the server's."""
 
-    def __init__(self, method: str, path: str, status: int, detail: str, body: Any = None):
+    def __init__(self, method: str, path: str, status: int, detail: str, body: Any = None, retry_after=None):
         super().__init__(f"{method} {path} → {status}: {detail}")
         self.status, self.detail, self.body = status, detail, body
+        self.retry_after: float | None = retry_after  # seconds, from a 503's Retry-After header
+
+
+class RewardUnavailable(ServeError):
+    """A reward that could not be computed (the endpoint stayed unreachable or kept answering 5xx/408/429
+    through every retry, or answered a reward that is not a finite number): a training job stops on it
+    rather than train on a made-up number."""
+
+
+TRANSIENT_STATUSES = frozenset({408, 429, 502, 503, 504})  # worth retrying; any other 4xx is the caller's bug
 
 
 class ServeClient:
@@ -152,7 +165,9 @@ class ServeClient:
                 detail = payload.get("detail", resp.text) if isinstance(payload, dict) else resp.text
             except ValueError:
                 payload, detail = None, resp.text[:500] or resp.reason
-            raise ServeRequestError(method, path, resp.status_code, str(detail), payload)
+            retry_after = resp.headers.get("Retry-After", "")
+            retry_after = float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None
+            raise ServeRequestError(method, path, resp.status_code, str(detail), payload, retry_after)
         return resp.json() if resp.content else None
 
     def close(self) -> None:
@@ -196,9 +211,17 @@ class ServedRewards:
     call as ``RewardModelGroup``. Rows that share a prompt and a conditioning text go in one request
     (the conditioning as the summary; rows without one are refused: the served model reads a summary)."""
 
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 60.0, max_responses: int = 16):
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        timeout_s: float = 60.0,
+        max_responses: int = 16,
+        attempts: int = 5,
+        max_wait_s: float = 10.0,
+    ):
         self.client = ServeClient(url, token=token, timeout_s=timeout_s)
-        self.max_responses = max_responses
+        self.max_responses, self.attempts, self.max_wait_s = max_responses, attempts, max_wait_s
 
     def rewards(self, batch):
         import pyarrow as pa
@@ -223,7 +246,29 @@ class ServedRewards:
         )
 
     def rewards_of(self, prompt: str, summary: str, responses: list[str]) -> list[float]:
-        return self.client.rewards(prompt, responses, summary=summary)
+        """The endpoint's rewards, retried (``attempts`` in all) while it is unreachable or answers a transient
+        status (TRANSIENT_STATUSES), waiting its Retry-After (else 1, 2, 4 … s; at most ``max_wait_s``);
+        then RewardUnavailable. A reward that is not a finite number is never returned."""
+        where = f"reward from {self.client.url}"
+        for attempt in range(1, self.attempts + 1):
+            try:
+                values = self.client.rewards(prompt, responses, summary=summary)
+            except (ServeUnavailable, ServeRequestError) as err:
+                transient = isinstance(err, ServeUnavailable) or err.status in TRANSIENT_STATUSES
+                if not transient or attempt == self.attempts:
+                    tried = f"after {attempt} attempt{'s' if attempt > 1 else ''}"
+                    raise RewardUnavailable(f"{where} failed {tried}: {err}") from err
+                wait = getattr(err, "retry_after", None) or 2.0 ** (attempt - 1)
+                wait = min(wait, self.max_wait_s)
+                print(f"notice: {where}: {err}; retry {attempt}/{self.attempts - 1} in {wait:g} s", file=sys.stderr)
+                time.sleep(wait)
+                continue
+            if len(values) != len(responses) or not all(
+                isinstance(v, float | int) and math.isfinite(v) for v in values
+            ):
+                raise RewardUnavailable(f"{where}: not one finite reward per response: {str(values)[:200]}")
+            return values
+        raise AssertionError("unreachable")
 
     def shutdown(self) -> None:
         self.client.close()

@@ -1140,3 +1140,63 @@ def test_a_dead_reward_replica_gives_503_with_retry_after_never_500_and_recovers
         f"reward replica killed under load: {dict(counts)}; ready again after {recovered_s:.1f} s "
         f"(slowest {slowest[0]:.1f} s)"
     )
+
+
+class _ScriptedEndpoint:
+    """An HTTP server answering POST /v1/rewards from a script of (status, body, headers), one per request."""
+
+    def __init__(self, script: list[tuple[int, str, dict]]):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+        self.script, self.calls = list(script), 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                status, body, headers = outer.script[min(outer.calls, len(outer.script) - 1)]
+                outer.calls += 1
+                self.send_response(status)
+                for k, v in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_a_served_reward_is_retried_through_503s_then_fails_loudly_never_a_number():
+    """Issue 17: a reward that cannot be computed is retried (Retry-After honoured) and then stops the job
+    with RewardUnavailable; a 4xx is not retried; a reward that is not a finite number is refused."""
+    from rlhf_cluster.serve_client import RewardUnavailable, ServedRewards
+
+    down = (503, '{"detail": "the reward model is down; retry in 0 s"}', {"Retry-After": "0"})
+    ok = (200, '{"rewards": [1.5, -0.5], "truncated": [false, false]}', {})
+    server = _ScriptedEndpoint([down, down, ok])
+    try:
+        assert ServedRewards(server.url, token=TOKEN).rewards_of("p", "s", ["a", "b"]) == [1.5, -0.5]
+        assert server.calls == 3
+        server.script, server.calls = [down], 0
+        with pytest.raises(RewardUnavailable, match="failed after 3 attempts: POST /v1/rewards → 503"):
+            ServedRewards(server.url, token=TOKEN, attempts=3).rewards_of("p", "s", ["a", "b"])
+        assert server.calls == 3
+        server.script, server.calls = [(422, '{"detail": "prompt: must not be empty", "field": "prompt"}', {})], 0
+        with pytest.raises(RewardUnavailable, match="after 1 attempt: .*422: prompt"):
+            ServedRewards(server.url, token=TOKEN).rewards_of("p", "s", ["a", "b"])
+        server.script, server.calls = [(200, '{"rewards": [NaN, 1.0]}', {})], 0
+        with pytest.raises(RewardUnavailable, match="not one finite reward per response"):
+            ServedRewards(server.url, token=TOKEN).rewards_of("p", "s", ["a", "b"])
+    finally:
+        server.close()
+    unreachable = ServedRewards(f"http://127.0.0.1:{free_port()}", token=TOKEN, attempts=2, max_wait_s=0.01)
+    with pytest.raises(RewardUnavailable, match="failed after 2 attempts: .*ConnectionError"):
+        unreachable.rewards_of("p", "s", ["a"])
