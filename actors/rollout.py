@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import ray
 
 from rlhf_cluster.config import ActorResources, ModelsConfig, RayConfig, RolloutConfig
-from rlhf_cluster.generation import make_engine
+from rlhf_cluster.generation import make_engine, watch_engine_processes
 from rlhf_cluster.models import load_tokenizer
 from rlhf_cluster.progress import progress
 from rlhf_cluster.prompts import build_requests
@@ -37,6 +37,8 @@ class RolloutActor:
         t0 = time.perf_counter()
         self.cfg = cfg
         self.engine = make_engine(model_path, cfg, dtype=dtype, seed=seed)
+        if cfg.backend == "vllm":
+            watch_engine_processes()  # a dead engine process ends this actor: the job then restarts it
         self.weight_version = 0
         self.startup_s = time.perf_counter() - t0
 

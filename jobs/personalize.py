@@ -43,6 +43,7 @@ from rlhf_cluster.rl_step import (
     Roles,
     check_on_policy,
     experience,
+    greedy,
     push_weights,
     rollout_requests,
     sample,
@@ -91,10 +92,10 @@ def conditioning_of(cfg: PersonalizeConfig, source: Source, tables: dict[str, pa
     if source.conditioning == "summary":
         from actors.rollout import cached_summaries_for
 
-        greedy = source.run.rollout.model_copy(update={"temperature": 0.0, "n_samples": 1})  # as the run wrote them
+        as_written = source.run.rollout.model_copy(update={"temperature": 0.0, "n_samples": 1})  # as the run wrote them
         models = ModelsConfig(summarizer=source.summarizer, dtype=cfg.dtype)
         paths = {n: (t, Path(cfg.run_dir) / "summaries" / f"{n}.parquet") for n, t in tables.items()}
-        summaries = cached_summaries_for(paths, models, greedy, cfg.rollout_resources, cfg.ray, cfg.seed)
+        summaries = cached_summaries_for(paths, models, as_written, cfg.rollout_resources, cfg.ray, cfg.seed)
     pairs = source.run.rm.max_context_pairs
     return {n: conditioning_texts(t, source.conditioning, summaries[n], pairs) for n, t in tables.items()}
 
@@ -142,7 +143,7 @@ def personalize_iteration(cfg, roles: Roles, scorer, train: Split, truth, it: in
     m["true_utility"] = float(np.mean([truth.utility(y, r) for y, r in zip(responses, owners)]))
     m["personalized_share"] = float(np.mean([truth.kind(y) == truth.best_kind(r) for y, r in zip(responses, owners)]))
     m["learned_reward"] = float(score.mean())
-    m.update(step_metrics(cfg.policy, exp, version, new_version, t))
+    m.update(step_metrics(cfg.policy, exp, version, new_version, t), rollout_restarts=roles.rollout_restarts)
     return m, new_version, t
 
 
@@ -150,9 +151,7 @@ def personalize_iteration(cfg, roles: Roles, scorer, train: Split, truth, it: in
 
 
 def greedy_responses(roles: Roles, split: Split) -> list[str]:
-    from actors.rollout import generate_all
-
-    out = generate_all(roles.rollout, split.requests, split.requests.num_rows, False, greedy=True)
+    out = greedy(roles, split.requests)
     return out.column("summary_text").to_pylist()
 
 
@@ -235,9 +234,13 @@ def start_actors(cfg: PersonalizeConfig, source: Source) -> tuple[Roles, object]
         needs.update({f"rm_rank{i}": cfg.rm_resources} if cfg.reward == "reward_model" else {})
         needs.update({f"critic_rank{i}": cfg.critic_resources} if ppo else {})
     check_fits(needs, init_ray(cfg.ray))
-    rollout = RolloutActor.options(**actor_options(cfg.rollout_resources)).remote(
-        path, cfg.rollout, cfg.dtype, cfg.seed
-    )
+
+    def start_rollout():
+        return RolloutActor.options(**actor_options(cfg.rollout_resources)).remote(
+            path, cfg.rollout, cfg.dtype, cfg.seed
+        )
+
+    rollout = start_rollout()
     reference = ReferenceActor.options(**actor_options(cfg.reference_resources)).remote(path, cfg.dtype)
     mb = cfg.policy.minibatch_size
     policy = PolicyGroup(path, cfg.policy, ds, cfg.policy_resources, cfg.seed, mb, cfg.dtype)
@@ -250,7 +253,7 @@ def start_actors(cfg: PersonalizeConfig, source: Source) -> tuple[Roles, object]
         rm_cfg = source.run.rm.model_copy(update={"batch_size": cfg.rollout_batch})
         scorer = RewardModelGroup(source.reward_model, rm_cfg, ds, cfg.rm_resources, cfg.seed)
     ray.get([rollout.info.remote(), reference.info.remote()])
-    return Roles(rollout, reference, policy, critic), scorer
+    return Roles(rollout, reference, policy, critic, start_rollout), scorer
 
 
 # ---------------------------------------------------------------------------------------------- main

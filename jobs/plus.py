@@ -53,6 +53,7 @@ from rlhf_cluster.rl_step import (
     Roles,
     check_on_policy,
     experience,
+    greedy,
     push_weights,
     rollout_requests,
     sample,
@@ -148,7 +149,7 @@ def plus_iteration(
     new_version = sync_weights(roles, version, t, changed=train_policy)
     check_on_policy(rollouts, version, it)
     m.update(margin=float(margins.mean()), train_pair_accuracy=float((margins > 0).float().mean()))
-    m.update(step_metrics(cfg.policy, exp, version, new_version, t))
+    m.update(step_metrics(cfg.policy, exp, version, new_version, t), rollout_restarts=roles.rollout_restarts)
     return m, new_version, t
 
 
@@ -158,9 +159,7 @@ def plus_iteration(
 def validate(roles: Roles, data: PlusData, rm_group) -> tuple:
     """Greedy summaries by the current summarizer (the rollout engine, argmax per request) → RM accuracy
     by subset; (metrics, summaries)."""
-    from actors.rollout import generate_all
-
-    rollouts = generate_all(roles.rollout, data.val_requests, data.val_requests.num_rows, False, greedy=True)
+    rollouts = greedy(roles, data.val_requests)
     margins = score_margins(rm_group, summary_pairs(data.val, rollouts))
     contested = data.val.column("contested").to_numpy(zero_copy_only=False)
     acc = accuracy_by_subset(margins, np.zeros_like(margins), contested)
@@ -285,9 +284,13 @@ def start_actors(cfg: PlusConfig) -> tuple[Roles, object]:
         needs.update({f"policy_rank{i}": cfg.policy_resources, f"rm_rank{i}": cfg.rm_resources})
         needs.update({f"critic_rank{i}": cfg.critic_resources} if ppo else {})
     check_fits(needs, init_ray(cfg.ray))
-    rollout = RolloutActor.options(**actor_options(cfg.rollout_resources)).remote(
-        m.summarizer, cfg.rollout, m.dtype, cfg.seed
-    )
+
+    def start_rollout():
+        return RolloutActor.options(**actor_options(cfg.rollout_resources)).remote(
+            m.summarizer, cfg.rollout, m.dtype, cfg.seed
+        )
+
+    rollout = start_rollout()
     reference = ReferenceActor.options(**actor_options(cfg.reference_resources)).remote(m.summarizer, m.dtype)
     batch = cfg.policy.minibatch_size
     policy = PolicyGroup(m.summarizer, cfg.policy, ds, cfg.policy_resources, cfg.seed, batch, m.dtype)
@@ -299,7 +302,7 @@ def start_actors(cfg: PlusConfig) -> tuple[Roles, object]:
         f"policy + RM{' + critic' if critic else ''}: {ds.num_ranks} rank(s) each",
         flush=True,
     )
-    return Roles(rollout, reference, policy, critic), rm
+    return Roles(rollout, reference, policy, critic, start_rollout), rm
 
 
 # ------------------------------------------------------------------------------------------- main

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+import time
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -210,3 +212,39 @@ def _eos_ids(model, tokenizer) -> list[int]:
     eos = model.generation_config.eos_token_id
     eos = eos if eos is not None else tokenizer.eos_token_id
     return list(eos) if isinstance(eos, (list, tuple)) else [eos]
+
+
+def watch_engine_processes(period_s: float = 1.0) -> list[int]:
+    """Make this process exit when one of its vLLM engine processes (``VLLM::EngineCore``, started by the
+    engine just now) dies. vLLM's offline engine waits for ever on a dead engine core; exiting instead
+    turns the fault into an actor death that the job sees at once (``RayActorError``) and recovers from
+    by starting a new rollout actor (``rlhf_cluster.rl_step.on_rollout``). For actors only (the rollout
+    actor calls it): a script or test that shuts its engine down on purpose must not. Returns the PIDs."""
+    import threading
+
+    import psutil
+
+    def is_engine(p) -> bool:  # vLLM titles it; without setproctitle it is a multiprocessing spawn child
+        cmd = p.cmdline()
+        return cmd[:1] == ["VLLM::EngineCore"] or (
+            "spawn_main" in " ".join(cmd) and "resource_tracker" not in " ".join(cmd)
+        )
+
+    engines = [p for p in psutil.Process().children() if is_engine(p)]
+
+    def alive(p) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def watch() -> None:
+        while all(map(alive, engines)):
+            time.sleep(period_s)
+        dead = [p.pid for p in engines if not alive(p)]
+        print(f"vLLM engine process {dead} died: exiting, so that this actor is restarted", file=sys.stderr, flush=True)
+        os._exit(70)
+
+    if engines:
+        threading.Thread(target=watch, name="engine-watch", daemon=True).start()
+    return [p.pid for p in engines]

@@ -16,7 +16,9 @@ The roles are duck-typed handles (``actors.rollout.RolloutActor``, ``actors.refe
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -41,12 +43,21 @@ from rlhf_cluster.timing import phase
 
 @dataclasses.dataclass
 class Roles:
-    """The actors one policy's RL step drives (critic: PPO only)."""
+    """The actors one policy's RL step drives (critic: PPO only). ``start_rollout`` makes a fresh rollout
+    actor like the first: with it, ``sample`` replaces a rollout actor whose engine died (and counts it in
+    ``rollout_restarts``); without it, such a failure stops the job."""
 
     rollout: Any
     reference: Any
     policy: Any
     critic: Any = None
+    start_rollout: Callable[[], Any] | None = None
+    rollout_restarts: int = 0
+    synced_version: int = 0  # the weight version last loaded into the rollout actor (sync_weights, push_weights)
+
+
+T = TypeVar("T")
+MAX_ROLLOUT_RESTARTS = 3  # per sample call: a rollout engine that keeps dying is a failure, not a fault
 
 
 @dataclasses.dataclass
@@ -82,8 +93,65 @@ def rollout_requests(requests: pa.Table, rows: np.ndarray, seed: int, iteration:
 
 def sample(roles: Roles, requests: pa.Table, version: int) -> pa.Table:
     """ROLLOUT_SCHEMA rows from the rollout actor, which must hold weight ``version`` (or within its
-    ``max_weight_staleness``)."""
-    return ray.get(roles.rollout.generate.remote(requests, min_weight_version=version))
+    ``max_weight_staleness``); a dead rollout engine is replaced first (``on_rollout``)."""
+    return on_rollout(roles, lambda actor: ray.get(actor.generate.remote(requests, min_weight_version=version)))
+
+
+def greedy(roles: Roles, requests: pa.Table) -> pa.Table:
+    """One argmax completion per request (validation), from the weights last synced; like ``sample``, it
+    survives a dead rollout engine."""
+    return on_rollout(roles, lambda actor: ray.get(actor.generate.remote(requests, greedy=True)))
+
+
+def on_rollout(roles: Roles, call: Callable[[Any], T]) -> T:
+    """``call(rollout actor)``, surviving the actor's or its engine process's death (``engine_died``): a
+    new actor is started (``roles.start_rollout``), given the policy's weights as ``roles.synced_version``
+    — a loop generates right after a sync, so the policy holds exactly that version — checked to hold
+    it, and called again: per-request seeds make its answer the one the dead actor would have given.
+    At most MAX_ROLLOUT_RESTARTS times per call; then, or without ``start_rollout``, the error stops the job.
+    """
+    for attempt in range(MAX_ROLLOUT_RESTARTS + 1):
+        try:
+            return call(roles.rollout)
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
+            if roles.start_rollout is None or attempt == MAX_ROLLOUT_RESTARTS or not engine_died(err):
+                raise
+            print(
+                f"notice: the rollout actor failed ({type(err).__name__}: {_first_line(err)}); restarting it "
+                f"with weight version {roles.synced_version} and generating the batch again",
+                file=sys.stderr,
+                flush=True,
+            )
+            restart_rollout(roles)
+    raise AssertionError("unreachable")
+
+
+def engine_died(err: Exception) -> bool:
+    """Whether a rollout call failed because the actor or its engine process died (a fault to recover
+    from), not because of the call itself (a bad request, stale weights)."""
+    if isinstance(err, ray.exceptions.RayActorError):
+        return True
+    cause = getattr(err, "cause", None)
+    return type(cause).__name__ in ("EngineDeadError", "EngineGenerateError") or "EngineDeadError" in str(err)
+
+
+def restart_rollout(roles: Roles) -> None:
+    """Replace the rollout actor with a fresh one holding the policy's weights as ``roles.synced_version``."""
+    try:
+        ray.kill(roles.rollout, no_restart=True)
+    except Exception:  # noqa: BLE001 - already dead is fine
+        pass
+    roles.rollout, version = roles.start_rollout(), roles.synced_version
+    if version > 0:
+        push_weights(roles, version)
+    held = ray.get(roles.rollout.info.remote())["weight_version"]
+    if held != version:
+        raise RuntimeError(f"restarted rollout actor holds weight version {held}, expected {version}")
+    roles.rollout_restarts += 1
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:200]
 
 
 def check_on_policy(rollouts: pa.Table, version: int, iteration: int) -> None:
@@ -176,12 +244,14 @@ def sync_weights(roles: Roles, version: int, t: dict, changed: bool = True) -> i
         if changed:
             ref = roles.policy.state_dict_ref()
             version = ray.get(roles.rollout.update_weights.remote(ref, version + 1))["weight_version"]
+            roles.synced_version = version
     return version
 
 
 def push_weights(roles: Roles, version: int) -> None:
     """Load the policy's current weights into the rollout actor under ``version`` (a resumed run)."""
     ray.get(roles.rollout.update_weights.remote(roles.policy.state_dict_ref(), version))
+    roles.synced_version = version
 
 
 def step_metrics(cfg: PolicyTrainConfig, exp: Experience, sampled_by: int, version: int, t: dict) -> dict:

@@ -46,11 +46,29 @@ def _train(run) -> dict[int, dict]:
     return {e["step"]: e for e in _events(run) if e["split"] == "train"}
 
 
-@pytest.mark.slow
-def test_personalize_runs_logs_truth_beside_the_learned_reward_and_resumes_exactly(oracle_rm, tiny_models, tmp_path):
+@pytest.fixture(scope="module")
+def straight(oracle_rm, tiny_models, tmp_path_factory):
+    """(base arguments, run dir) of an uninterrupted 4-iteration run: the reference of the resume and fault tests."""
     base = [f"source={oracle_rm}", f"policy_model={tiny_models / 'response_policy'}", *TINY, "checkpoint_every=2"]
-    straight, parted = tmp_path / "straight", tmp_path / "parted"
-    run_job("jobs.personalize", *base, "iterations=4", "eval_every=2", f"run_dir={straight}")
+    run = tmp_path_factory.mktemp("personalize") / "straight"
+    run_job("jobs.personalize", *base, "iterations=4", "eval_every=2", f"run_dir={run}")
+    return base, run
+
+
+def _same_metrics(want: dict, have: dict, step: int) -> None:
+    """Every logged figure but timings (and the restart count) equal, as an exact resume gives."""
+    skip = ("split", "step", "rollout_restarts")
+    want = {k: v for k, v in want.items() if not k.startswith("time") and k not in skip}
+    have = {k: v for k, v in have.items() if not k.startswith("time") and k not in skip}
+    assert want.keys() == have.keys()
+    for key in want:
+        assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), f"iteration {step}: {key}"
+
+
+@pytest.mark.slow
+def test_personalize_runs_logs_truth_beside_the_learned_reward_and_resumes_exactly(straight, tmp_path):
+    base, straight = straight
+    parted = tmp_path / "parted"
     train = _train(straight)
     assert sorted(train) == [1, 2, 3, 4]
     for e in train.values():
@@ -78,11 +96,50 @@ def test_personalize_runs_logs_truth_beside_the_learned_reward_and_resumes_exact
     got = _train(parted)
     assert sorted(got) == [1, 2, 3, 4]
     for step in (3, 4):
-        want = {k: v for k, v in train[step].items() if not k.startswith("time") and k not in ("split", "step")}
-        have = {k: v for k, v in got[step].items() if not k.startswith("time") and k not in ("split", "step")}
-        assert want.keys() == have.keys()
-        for key in want:
-            assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), f"iteration {step}: {key}"
+        _same_metrics(train[step], got[step], step)
+
+
+def _kill_rollout_engine(job_pid: int) -> int:
+    """SIGKILL the vLLM engine process of the job's (one) rollout actor; its PID."""
+    import psutil
+
+    actors = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if (p.info["cmdline"] or [""])[0].startswith("ray::RolloutActor") and job_pid in [a.pid for a in p.parents()]
+    ]
+    assert len(actors) == 1, actors
+    engines = [c for c in actors[0].children() if c.cmdline()[:1] == ["VLLM::EngineCore"]]  # vLLM's process title
+    assert engines, "no engine process under the rollout actor"
+    engines[0].kill()
+    return engines[0].pid
+
+
+@pytest.mark.slow
+def test_a_killed_rollout_engine_is_restarted_and_the_run_equals_an_uninterrupted_one(straight, tmp_path):
+    """Issue 17 fault injection: the rollout engine process is killed by PID after iteration 2 (before its
+    validation and iteration 3 generate); the job starts a new rollout actor, loads weight version 2 into it,
+    and carries on: 4 iterations, each logging what the uninterrupted run logged, the restart counted."""
+    base, straight = straight
+    run = tmp_path / "faulted"
+    args = [sys.executable, "-m", "jobs.personalize", *base, "iterations=4", "eval_every=2", f"run_dir={run}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, killed = [], None
+    for line in proc.stdout:
+        lines.append(line)
+        if killed is None and line.startswith("iter 2/"):
+            killed = _kill_rollout_engine(proc.pid)
+    assert proc.wait(timeout=600) == 0, "".join(lines[-60:])
+    assert killed is not None and any("restarting it with weight version 2" in x for x in lines), "".join(lines)
+    got, want = _train(run), _train(straight)
+    assert sorted(got) == [1, 2, 3, 4]
+    assert [got[i]["rollout_restarts"] for i in (1, 2, 3, 4)] == [0, 0, 1, 1]
+    for step in (1, 2, 3, 4):
+        _same_metrics(want[step], got[step], step)
+    val = {e["step"]: e for e in _events(run) if e["split"] == "validation"}
+    ref = {e["step"]: e for e in _events(straight) if e["split"] == "validation"}
+    for step in (2, 4):
+        _same_metrics(ref[step], val[step], step)
 
 
 def _exit_2(*args) -> str:
