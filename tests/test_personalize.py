@@ -66,7 +66,7 @@ def _same_metrics(want: dict, have: dict, step: int) -> None:
 
 
 @pytest.mark.slow
-def test_personalize_runs_logs_truth_beside_the_learned_reward_and_resumes_exactly(straight, tmp_path):
+def test_personalize_logs_truth_beside_reward_survives_a_killed_engine_and_resumes_exactly(straight, tmp_path):
     base, straight = straight
     parted = tmp_path / "parted"
     train = _train(straight)
@@ -90,13 +90,21 @@ def test_personalize_runs_logs_truth_beside_the_learned_reward_and_resumes_exact
         assert {"all", "helpful", "harmless"} <= set(split) and 0.0 <= split["all"]["win_rate_vs_base"] <= 1.0
     assert result["ceilings"]["personalization_gap"] == pytest.approx(0.5)
 
-    run_job("jobs.personalize", *base, "iterations=2", "eval_every=2", f"run_dir={parted}")
+    # The first part survives a fault (issue 17): its rollout engine process is killed by PID after iteration
+    # 1; the job starts a new rollout actor with weight version 1 and generates iteration 2's batch again.
+    lines = _run_killing_the_engine_after(1, [*base, "iterations=2", "eval_every=2", f"run_dir={parted}"])
+    assert any("restarting it with weight version 1" in x for x in lines), "".join(lines)
     proc = run_job("jobs.personalize", "--resume", str(parted), "iterations=4")
     assert f"resumed {parted} at iteration 2 (weight version 2)" in proc.stdout
     got = _train(parted)
     assert sorted(got) == [1, 2, 3, 4]
-    for step in (3, 4):
+    assert [got[i]["rollout_restarts"] for i in (1, 2, 3, 4)] == [0, 1, 0, 0]  # a resumed job starts at 0 again
+    for step in (1, 2, 3, 4):  # the faulted iteration and the resumed ones alike equal the uninterrupted run
         _same_metrics(train[step], got[step], step)
+    val = {e["step"]: e for e in _events(parted) if e["split"] == "validation"}
+    ref = {e["step"]: e for e in _events(straight) if e["split"] == "validation"}
+    for step in (2, 4):
+        _same_metrics(ref[step], val[step], step)
 
 
 def _kill_rollout_engine(job_pid: int) -> int:
@@ -115,31 +123,18 @@ def _kill_rollout_engine(job_pid: int) -> int:
     return engines[0].pid
 
 
-@pytest.mark.slow
-def test_a_killed_rollout_engine_is_restarted_and_the_run_equals_an_uninterrupted_one(straight, tmp_path):
-    """Issue 17 fault injection: the rollout engine process is killed by PID after iteration 2 (before its
-    validation and iteration 3 generate); the job starts a new rollout actor, loads weight version 2 into it,
-    and carries on: 4 iterations, each logging what the uninterrupted run logged, the restart counted."""
-    base, straight = straight
-    run = tmp_path / "faulted"
-    args = [sys.executable, "-m", "jobs.personalize", *base, "iterations=4", "eval_every=2", f"run_dir={run}"]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def _run_killing_the_engine_after(iteration: int, args: list[str]) -> list[str]:
+    """Run jobs.personalize, SIGKILL its rollout engine process once it has logged ``iteration``; its output."""
+    cmd = [sys.executable, "-m", "jobs.personalize", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, killed = [], None
     for line in proc.stdout:
         lines.append(line)
-        if killed is None and line.startswith("iter 2/"):
+        if killed is None and line.startswith(f"iter {iteration}/"):
             killed = _kill_rollout_engine(proc.pid)
     assert proc.wait(timeout=600) == 0, "".join(lines[-60:])
-    assert killed is not None and any("restarting it with weight version 2" in x for x in lines), "".join(lines)
-    got, want = _train(run), _train(straight)
-    assert sorted(got) == [1, 2, 3, 4]
-    assert [got[i]["rollout_restarts"] for i in (1, 2, 3, 4)] == [0, 0, 1, 1]
-    for step in (1, 2, 3, 4):
-        _same_metrics(want[step], got[step], step)
-    val = {e["step"]: e for e in _events(run) if e["split"] == "validation"}
-    ref = {e["step"]: e for e in _events(straight) if e["split"] == "validation"}
-    for step in (2, 4):
-        _same_metrics(ref[step], val[step], step)
+    assert killed is not None, "".join(lines)
+    return lines
 
 
 def _exit_2(*args) -> str:
