@@ -16,6 +16,12 @@ summarizer and lacks the PLUS settings) and labelled ``PLUS (<algorithm>[, froze
 Writes DIR/compare.md (one table per split: rows = groups then the ceilings oracle, user-agnostic,
 n-context Bayes; columns all / contested / agreed / worst-decile user), DIR/compare.json and
 DIR/compare.png (grouped bars per split for ``plot_subset``, error bars = CI, ceilings as lines).
+
+Stage-2 policies (``jobs.personalize`` runs, whose eval.json scores generated responses against the world's
+true preferences) are compared the same way — grouped by config, labelled by the reward source (plus the
+differing keys, e.g. policy.kl_coef) — in a table per split of true utility, win rate against the base
+policy and the share of rows given their user type's answer (all / contested), with the per-user optimum
+and the best single answer beneath (``rlhf_cluster.policy_report``; compare.md and compare.json, no plot).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from pydantic import BaseModel, ValidationError
 
 from rlhf_cluster.cli import EXIT_USAGE, parse_config
 from rlhf_cluster.config import CompareConfig, PlusConfig, TrainRMConfig
-from rlhf_cluster.metrics import mean_ci95, summary_lines
+from rlhf_cluster.metrics import format_mean_ci, mean_ci95, summary_lines
+from rlhf_cluster.policy_report import aggregate_policies, is_policy_eval, policy_markdown, policy_splits
 from rlhf_cluster.runs import PLUS_VIEW_FILE, expand_run_dirs
 
 SUBSETS = ("all", "contested", "agreed")
@@ -164,6 +171,8 @@ def group_runs(runs: list[RunEval]) -> list[Group]:
             g.label = cfg["name"]
         elif run.plus and run.plus.get("label"):
             g.label = str(run.plus["label"])
+        elif is_policy_eval(run.eval):  # a jobs.personalize run: its eval.json names the reward source
+            g.label = str(run.eval.get("name") or "policy")
         else:
             g.label = str((cfg.get("rm") or {}).get("conditioning", "?"))
     _disambiguate(out)
@@ -221,15 +230,6 @@ def all_splits(runs: list[RunEval]) -> list[str]:
 # ------------------------------------------------------------------------------------- report
 
 
-def cell(stat: dict | None) -> str:
-    """'0.912 ± 0.031 (3 seeds)'; '0.912 (1 seed)' when a CI is undefined; '–' when missing."""
-    if not stat or stat["mean"] is None:
-        return "–"
-    seeds = f"({stat['n_seeds']} seed{'s' if stat['n_seeds'] != 1 else ''})"
-    ci = f" ± {stat['ci95']:.3f}" if stat["ci95"] is not None else ""
-    return f"{stat['mean']:.3f}{ci} {seeds}"
-
-
 def markdown(result: dict) -> str:
     lines = [
         f"# Comparison of {len(result['runs'])} runs ({result['eval_file']})",
@@ -241,7 +241,8 @@ def markdown(result: dict) -> str:
         lines += [f"## {split}", "", "| | all | contested | agreed | worst-decile user |", "|---|---|---|---|---|"]
         for g in result["groups"]:
             s = g["accuracy"][split]
-            lines.append(f"| {g['label']} | " + " | ".join(cell(s[k]) for k in (*SUBSETS, "worst_decile")) + " |")
+            cells = [format_mean_ci(s[k]) for k in (*SUBSETS, "worst_decile")]
+            lines.append(f"| {g['label']} | " + " | ".join(cells) + " |")
         ceil = (result["ceilings"] or {}).get(split) or {}
         for key, name in CEILINGS.items() if ceil else []:
             vals = [(ceil.get(sub) or {}).get(key) for sub in SUBSETS]
@@ -332,6 +333,12 @@ def _plot_ceilings(ax, ceilings: dict, splits: list[str], subset: str) -> None:
 
 def compare(cfg: CompareConfig) -> dict:
     runs = [load_run_eval(d, cfg.eval_file) for d in expand_runs(cfg.runs)]
+    policies = [is_policy_eval(r.eval) for r in runs]
+    if any(policies):
+        if not all(policies):
+            mixed = [str(r.dir) for r, p in zip(runs, policies) if not p]
+            raise CompareError(f"jobs.personalize runs mixed with reward-model evaluations ({', '.join(mixed)})")
+        return compare_policies(cfg, runs)
     splits = cfg.splits or all_splits(runs)
     groups = group_runs(runs)
     result = {
@@ -364,6 +371,30 @@ def compare(cfg: CompareConfig) -> dict:
     plot(result, cfg.plot_subset, out / "compare.png")
     print(table)
     print(f"wrote {out}/compare.md, compare.json, compare.png")
+    return result
+
+
+def compare_policies(cfg: CompareConfig, runs: list[RunEval]) -> dict:
+    """jobs.personalize runs: rlhf_cluster.policy_report's table per split → DIR/compare.md, compare.json."""
+    splits = cfg.splits or policy_splits([r.eval for r in runs])
+    groups = [
+        {
+            "label": g.label,
+            "runs": [str(r.dir) for r in g.runs],
+            "seeds": g.seeds,
+            "policy": aggregate_policies([r.eval for r in g.runs], splits),
+        }
+        for g in group_runs(runs)
+    ]
+    result = {"eval_file": cfg.eval_file, "runs": [str(r.dir) for r in runs], "splits": splits, "groups": groups}
+    result["ceilings"] = pick_ceilings(runs)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = policy_markdown(f"Comparison of {len(runs)} policies", groups, splits, result["ceilings"])
+    (out / "compare.md").write_text(table)
+    (out / "compare.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(table)
+    print(f"wrote {out}/compare.md, compare.json")
     return result
 
 

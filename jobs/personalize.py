@@ -79,7 +79,7 @@ def load_source(cfg: PersonalizeConfig) -> Source:
     if conditioning == "summary" and not run["summarizer"]:
         raise SystemExit(f"source={cfg.source}: a summary-conditioned reward model without a summarizer")
     is_plus = "policy" in type(run["config"]).model_fields
-    label = getattr(run["config"], "name", None) or ("PLUS" if is_plus else f"train_rm ({conditioning})")
+    label = getattr(run["config"], "name", None) or ("PLUS" if is_plus else "train_rm")
     return Source(run["reward_model"], run["summarizer"], conditioning, run["config"], label)
 
 

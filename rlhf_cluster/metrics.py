@@ -313,6 +313,16 @@ def mean_ci95(values: Iterable[float]) -> tuple[float, float | None]:
 # ------------------------------------------------------------------------------------ helpers
 
 
+def format_mean_ci(stat: Mapping[str, Any] | None) -> str:
+    """A table cell of ``mean_ci95`` over seeds: '0.912 ± 0.031 (3 seeds)'; '0.912 (1 seed)' when a CI is
+    undefined; '–' when missing. ``stat``: {"mean", "ci95", "n_seeds"}."""
+    if not stat or stat["mean"] is None:
+        return "–"
+    seeds = f"({stat['n_seeds']} seed{'s' if stat['n_seeds'] != 1 else ''})"
+    ci = f" ± {stat['ci95']:.3f}" if stat["ci95"] is not None else ""
+    return f"{stat['mean']:.3f}{ci} {seeds}"
+
+
 def _as_float(values: Any) -> np.ndarray:
     if hasattr(values, "detach"):  # a torch tensor, without importing torch here
         values = values.detach().cpu().double().numpy()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from jobs import compare as compare_job
@@ -103,3 +104,49 @@ def test_evaluate_view_is_still_a_train_rm_config(tmp_path):
     assert rm_cfg.models.summarizer == str((tmp_path / "plus-s0" / "best" / "summarizer").resolve())
     run = compare_job.load_run_eval(view, "eval.json")
     assert run.plus["label"] == "PLUS (grpo)" and run.plus["config"]["policy"]["kl_coef"] == 0.05
+
+
+def _policy_run(root: Path, name: str, seed: int, kl: float, source: str, win: float) -> Path:
+    """A jobs.personalize run directory: config.yaml and an eval.json of the shape evaluate_best writes."""
+    run = root / name
+    run.mkdir(parents=True)
+    cfg = {"run_dir": str(run), "seed": seed, "source": source, "policy_model": "p", "policy": {"kl_coef": kl}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    judged = {"learned_reward": 1.0, "true_utility": 1.5 + win, "win_rate_vs_base": win, "personalized_share": win}
+    ev = {
+        "name": f"policy trained with {source}",
+        "best_iteration": 50,
+        "ceilings": {"kinds": ["dog", "cat"], "oracle_expected_utility": 2.0, "best_single_expected_utility": 1.5},
+        "splits": {"test_unseen_users": {"all": judged, "contested": judged, "helpful": judged}},
+    }
+    (run / "eval.json").write_text(json.dumps(ev))
+    return run
+
+
+def test_policies_compare_by_source_and_setting_with_the_ceilings(tmp_path):
+    """jobs.compare on stage-2 runs: seeds of one config together (mean ± CI), another kl_coef apart (named),
+    the per-user optimum and best single answer beneath; reward-model runs mixed in are refused."""
+    runs = [
+        _policy_run(tmp_path, "plus-s0", 0, 0.5, "PLUS", 0.8),
+        _policy_run(tmp_path, "plus-s1", 1, 0.5, "PLUS", 0.9),
+        _policy_run(tmp_path, "plus-kl1", 0, 1.0, "PLUS", 0.6),
+        _policy_run(tmp_path, "bt-s0", 0, 1.0, "bt", 0.5),
+    ]
+    result = compare_job.main(["--runs", json.dumps([str(r) for r in runs]), "--out", str(tmp_path / "out")])
+    labels = [g["label"] for g in result["groups"]]
+    assert labels == [
+        "policy trained with PLUS (policy.kl_coef=0.5)",
+        "policy trained with PLUS (policy.kl_coef=1.0)",
+        "policy trained with bt",
+    ]
+    win = result["groups"][0]["policy"]["test_unseen_users"]["contested"]["win_rate_vs_base"]
+    assert win["mean"] == pytest.approx(0.85) and win["n_seeds"] == 2 and win["ci95"] > 0
+    table = (tmp_path / "out" / "compare.md").read_text()
+    assert "| *ceiling: per-user optimum* | 2.000 | – | 1.000 |" in table
+    assert "| *ceiling: best single answer* | 1.500 | – | 0.500 |" in table
+    rm_run = tmp_path / "rm"
+    rm_run.mkdir()
+    (rm_run / "config.yaml").write_text("seed: 0\n")
+    (rm_run / "eval.json").write_text(json.dumps({"accuracy": {}, "ceilings": {}}))
+    with pytest.raises(SystemExit):
+        compare_job.main(["--runs", json.dumps([str(runs[0]), str(rm_run)]), "--out", str(tmp_path / "o2")])
