@@ -2,7 +2,7 @@
 # Stage 2 on generated pets (docs/RESULTS.md "Stage 2"): a response policy trained with GRPO against the
 # demo's reward models — PLUS (summary), bt (no user information), oracle (the true description) — with
 # policy.kl_coef swept on seed 0 (chosen per source on validation true utility), then SEEDS at the chosen
-# value, and the table of the best-on-validation policies on the test splits (mean ± 95 % CI over seeds).
+# value, and jobs.compare's table of the best-on-validation policies on the test splits (mean ± 95 % CI).
 #   make demo    # runs/demo: data, models, PLUS run, rm-bt and rm-oracle
 #   bash bench/stage2.sh [SEEDS="0 1 2"] [KL_SWEEP="0.1 0.5 1.0"]
 set -euo pipefail
@@ -27,13 +27,12 @@ done
 $PY - "$SEEDS" "$KL_SWEEP" <<'PY'
 import json, subprocess, sys
 from pathlib import Path
-from rlhf_cluster.metrics import mean_ci95
 seeds, sweep = sys.argv[1].split(), sys.argv[2].split()
 root = Path("runs/stage2k")
 source = {"plus": "runs/demo/plus", "bt": "runs/demo/rm-bt", "oracle": "runs/demo/rm-oracle"}
 def val(name):  # the best validation true utility of a run
     return json.loads((root / name / "best.json").read_text())["true_utility"]
-rows = []
+chosen_runs = []
 for src, path in source.items():
     chosen = max(sweep, key=lambda kl: (val(f"{src}_kl{kl}_s0"), -float(kl)))  # ties: the weaker penalty
     print(f"{src}: validation true utility by kl_coef " + ", ".join(f"{kl}: {val(f'{src}_kl{kl}_s0'):.3f}" for kl in sweep) + f" -> {chosen}")
@@ -41,15 +40,7 @@ for src, path in source.items():
         name = f"{src}_kl{chosen}_s{s}"
         if not (root / name / "eval.json").is_file():
             subprocess.run(["bash", "-c", f".venv/bin/python -m jobs.personalize --config configs/personalize_pets.yaml run_dir={root / name} iterations=100 checkpoint_every=100 source={path} policy.kl_coef={chosen} seed={s} > {root / name}.log 2>&1"], check=True)
-    evs = [json.loads((root / f"{src}_kl{chosen}_s{s}" / "eval.json").read_text()) for s in seeds]
-    for split in ("test_unseen_users", "test_seen_users"):
-        cells = []
-        for sub in ("contested", "all"):
-            for k in ("true_utility", "win_rate_vs_base", "personalized_share"):
-                m, ci = mean_ci95([e["splits"][split][sub][k] for e in evs])
-                cells.append(f"{m:.3f}" + (f" ± {ci:.3f}" if ci is not None else ""))
-        rows.append(f"| {src} RM, kl {chosen} | {split} | " + " | ".join(cells) + " |")
-print("| policy trained with | split | contested: true utility | win vs base | own type's answer | all: true utility | win vs base | own type's answer |")
-print("|---|---|---|---|---|---|---|---|")
-print("\n".join(rows))
+    chosen_runs.extend(str(root / f"{src}_kl{chosen}_s{s}") for s in seeds)
+(root / "chosen.txt").write_text("\n".join(chosen_runs) + "\n")
 PY
+$PY -m jobs.compare --runs "[$(paste -sd, $ROOT/chosen.txt)]" --out $ROOT/compare
