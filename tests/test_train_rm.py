@@ -43,7 +43,8 @@ def test_train_rm_then_evaluate(tiny_data, tiny_models, tmp_path):
     assert list((run / "tb").iterdir()), "TensorBoard events written"
     assert all(0.0 <= e["truncated_share"] <= 1.0 for e in events if e["split"] == "train")
     cut = json.loads((run / "train_summary.json").read_text())["truncation"]
-    assert (cut["max_length"], cut["truncation_side"]) == (384, "keep_conditioning") and 0 < cut["validation"]["n_rows"] <= 16
+    assert (cut["max_length"], cut["truncation_side"]) == (384, "keep_conditioning")
+    assert 0 < cut["validation"]["n_rows"] <= 16
     assert cut["train"]["n_rows"] > 0 and cut["train"]["max_tokens"] > 0
     assert f"of {cut['train']['n_rows']} train pairs" in proc.stdout  # "none of N …" or "K of N … (x %)"
 
