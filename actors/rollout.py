@@ -14,6 +14,7 @@ weights (``RolloutConfig.max_weight_staleness`` > 0 is the explicit opt-in to la
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,13 +38,18 @@ class RolloutActor:
         t0 = time.perf_counter()
         self.cfg = cfg
         self.engine = make_engine(model_path, cfg, dtype=dtype, seed=seed)
-        if cfg.backend == "vllm":
+        if cfg.backend == "vllm" and not cfg.engine_in_process:
             watch_engine_processes()  # a dead engine process ends this actor: the job then restarts it
         self.weight_version = 0
         self.startup_s = time.perf_counter() - t0
 
     def info(self) -> dict:
-        return {"backend": self.cfg.backend, "weight_version": self.weight_version, "startup_s": self.startup_s}
+        return {
+            "backend": self.cfg.backend,
+            "weight_version": self.weight_version,
+            "startup_s": self.startup_s,
+            "pid": os.getpid(),
+        }
 
     def update_weights(self, blob: bytes, version: int) -> dict:
         """Load the trainer's weights (``state_dict_to_bytes`` blob) as ``version``; returns timings.

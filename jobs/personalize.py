@@ -39,6 +39,7 @@ from rlhf_cluster.data import list_splits, read_split
 from rlhf_cluster.datasets.truth import NoGroundTruth, world_truth
 from rlhf_cluster.metrics import MetricsLogger
 from rlhf_cluster.personalize_config import PersonalizeConfig
+from rlhf_cluster.restarts import run_restarting
 from rlhf_cluster.rl_step import (
     Roles,
     check_on_policy,
@@ -262,9 +263,16 @@ def start_actors(cfg: PersonalizeConfig, source: Source) -> tuple[Roles, object]
 def main(argv=None) -> dict:
     argv, resume_dir = resume_argv(argv, "jobs.personalize")
     cfg = parse_config(PersonalizeConfig, argv, prog="jobs.personalize")
+    return run_restarting(
+        train, cfg, resume=resume_dir is not None, prog="jobs.personalize"
+    )  # restarts after actor deaths
+
+
+def train(cfg: PersonalizeConfig, resume: bool) -> dict:
+    """The run, from run_dir/checkpoint when ``resume``; main calls it again after an actor death."""
     run_dir, source = Path(cfg.run_dir), load_source(cfg)
     must_match = {"num_ranks": cfg.deepspeed.num_ranks, "algorithm": cfg.policy.algorithm}
-    resumed = read_checkpoint(run_dir, cfg.iterations, cfg.checkpoint_every, must_match) if resume_dir else None
+    resumed = read_checkpoint(run_dir, cfg.iterations, cfg.checkpoint_every, must_match) if resume else None
     prepare_run_dir(cfg, run_dir)
     timings: dict[str, float] = dict(resumed["timings_s"]) if resumed else {}
     with phase("load data", timings):

@@ -48,6 +48,7 @@ from rlhf_cluster.cli import dump_yaml, parse_config, prepare_run_dir, resume_ar
 from rlhf_cluster.config import PlusConfig, TrainRMConfig
 from rlhf_cluster.data import read_split
 from rlhf_cluster.metrics import MetricsLogger, accuracy_by_subset, format_accuracy
+from rlhf_cluster.restarts import run_restarting
 from rlhf_cluster.reward_model import pair_table, tally_truncation, truncation_stats, truncation_totals
 from rlhf_cluster.rl_step import (
     Roles,
@@ -311,9 +312,14 @@ def start_actors(cfg: PlusConfig) -> tuple[Roles, object]:
 def main(argv=None) -> dict:
     argv, resume_dir = resume_argv(argv, "jobs.plus")
     cfg = parse_config(PlusConfig, argv, prog="jobs.plus")
+    return run_restarting(train, cfg, resume=resume_dir is not None, prog="jobs.plus")  # restarts after actor deaths
+
+
+def train(cfg: PlusConfig, resume: bool) -> dict:
+    """The run, from run_dir/checkpoint when ``resume``; main calls it again after an actor death."""
     run_dir = Path(cfg.run_dir)
     must_match = {"num_ranks": cfg.deepspeed.num_ranks, "algorithm": cfg.policy.algorithm}
-    resumed = read_checkpoint(run_dir, cfg.iterations, cfg.checkpoint_every, must_match) if resume_dir else None
+    resumed = read_checkpoint(run_dir, cfg.iterations, cfg.checkpoint_every, must_match) if resume else None
     prepare_run_dir(cfg, run_dir)
     timings: dict[str, float] = dict(resumed["timings_s"]) if resumed else {}
     with phase("load data", timings):

@@ -144,6 +144,13 @@ class RolloutConfig(StrictModel):
         0.85, gt=0, le=1, description="vLLM on GPU only: fraction of GPU memory for weights + KV cache."
     )
     enforce_eager: bool = Field(True, description="vLLM: skip CUDA-graph / torch.compile capture.")
+    engine_in_process: bool = Field(
+        True,
+        description="vLLM: run the engine core inside the actor's own process (VLLM_ENABLE_V1_MULTIPROCESSING=0): "
+        "on CPU it starts ~30 s sooner and generates without IPC or the engine process busy-polling a core "
+        "between calls, and a crash of the engine is a crash of the actor. false: vLLM's separate engine "
+        "process (on a GPU it overlaps scheduling with the forward pass); the actor then exits when it dies.",
+    )
     max_weight_staleness: int = Field(
         0,
         ge=0,
@@ -503,6 +510,13 @@ class PlusConfig(StrictModel):
         description="Write run_dir/checkpoint/ (policy, reward model, critic: weights + optimizer + RNG; "
         "data position, weight version) every this many iterations and at the last; `--resume RUN_DIR` "
         "continues from it.",
+    )
+    max_restarts: int = Field(
+        2,
+        ge=0,
+        description="When an actor's process dies (a DeepSpeed rank, the reference; a rollout actor beyond its "
+        "own restarts), stop every actor and continue from the last checkpoint, at most this many times; then "
+        "fail naming the role (rlhf_cluster/restarts.py). 0: fail at once.",
     )
     show: int = Field(
         3,

@@ -50,6 +50,7 @@ class VllmEngine:
 
     def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str, seed: int):
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep job logs readable; override to INFO
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if cfg.engine_in_process else "1"  # read by LLM()
         from vllm import LLM, SamplingParams  # heavy import: only where the engine lives
 
         from rlhf_cluster.models import check_checkpoint_dir

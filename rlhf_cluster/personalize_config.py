@@ -55,6 +55,13 @@ class PersonalizeConfig(StrictModel):
         None, ge=1, description="At the end, evaluate on at most this many rows of each test split (None: all)."
     )
     checkpoint_every: int = Field(25, ge=1, description="Write run_dir/checkpoint/ every this many iterations.")
+    max_restarts: int = Field(
+        2,
+        ge=0,
+        description="When an actor's process dies (a DeepSpeed rank, the reference; a rollout actor beyond its "
+        "own restarts), stop every actor and continue from the last checkpoint, at most this many times; then "
+        "fail naming the role (rlhf_cluster/restarts.py). 0: fail at once.",
+    )
     reward: Literal["reward_model", "serve"] = Field(
         "reward_model",
         description="Where r(prompt, y | z) comes from: the source run's reward model on a DeepSpeed group here, "

@@ -24,6 +24,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlhf_cluster.config import ActorResources
 from rlhf_cluster.ray_setup import ResourceError
+from rlhf_cluster.restarts import ActorDied
 from rlhf_cluster.schema import BatchError
 
 # After one rank fails, give the others this long to finish; ranks still running by then are most
@@ -128,9 +129,11 @@ class WorkerGroup:
                 f"{timeout_s:g} s (cluster has {ray.cluster_resources()}); lower the rank resources or num_ranks"
             )
 
-    def gather(self, refs: list[ray.ObjectRef]) -> list:
-        """Results of one call per rank, in rank order. The first error is raised once every rank has
-        returned; ranks still running FAILURE_GRACE_S after it are stuck, and the group is shut down."""
+    def gather(self, refs: list[ray.ObjectRef], first_rank: int = 0) -> list:
+        """Results of one call per rank (ranks ``first_rank``, ``first_rank`` + 1, …), in rank order. The
+        first error is raised once every rank has returned; ranks still running FAILURE_GRACE_S after it
+        are stuck, and the group is shut down. A rank whose process died raises ``ActorDied`` naming the
+        group and rank (the job restarts from its checkpoint: rlhf_cluster.restarts)."""
         pending, first_error = list(refs), None
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=FAILURE_GRACE_S if first_error else None)
@@ -144,6 +147,10 @@ class WorkerGroup:
                 raise first_error
             try:
                 ray.get(done[0])
+            except ray.exceptions.RayActorError as e:  # its process died (a constructor's error is not a death)
+                died = not e.actor_init_failed
+                rank = first_rank + refs.index(done[0])
+                first_error = first_error or (ActorDied(f"{self.name} rank {rank}", e) if died else e)
             except Exception as e:
                 first_error = first_error or e
         if first_error:
@@ -242,7 +249,7 @@ class DeepSpeedGroupHandle:
         from rank 0 through the object store to that actor, never through the driver. A failure on
         rank 0 is raised by the call that receives the reference."""
         refs = [w.state_dict_bytes.remote() for w in self.ranks]  # every rank calls (ZeRO-3 gathers)
-        self.group.gather(refs[1:])  # b"" each
+        self.group.gather(refs[1:], first_rank=1)  # b"" each
         return refs[0]
 
     def state_dict_bytes(self) -> bytes:

@@ -279,6 +279,7 @@ def test_vllm_generates_and_logprobs_match_transformers(built, tmp_path):
     (tmp_path / "prompts.json").write_text(json.dumps(prompt_ids))
     (tmp_path / "gen.py").write_text(VLLM_SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != "VLLM_CPU_KVCACHE_SPACE"}  # it would override the size
+    env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine in this process, as our actors run it
     run = subprocess.run(
         [sys.executable, "gen.py", str(model_dir), "prompts.json", "out.json"],
         cwd=tmp_path,

@@ -66,7 +66,7 @@ def _same_metrics(want: dict, have: dict, step: int) -> None:
 
 
 @pytest.mark.slow
-def test_personalize_logs_truth_beside_reward_survives_a_killed_engine_and_resumes_exactly(straight, tmp_path):
+def test_personalize_logs_truth_survives_a_killed_engine_and_policy_rank_and_resumes_exactly(straight, tmp_path):
     base, straight = straight
     parted = tmp_path / "parted"
     train = _train(straight)
@@ -92,10 +92,16 @@ def test_personalize_logs_truth_beside_reward_survives_a_killed_engine_and_resum
 
     # The first part survives a fault (issue 17): its rollout engine process is killed by PID after iteration
     # 1; the job starts a new rollout actor with weight version 1 and generates iteration 2's batch again.
-    lines = _run_killing_the_engine_after(1, [*base, "iterations=2", "eval_every=2", f"run_dir={parted}"])
+    lines = _run_killing_after(1, "RolloutActor", [*base, "iterations=2", "eval_every=2", f"run_dir={parted}"])
     assert any("restarting it with weight version 1" in x for x in lines), "".join(lines)
-    proc = run_job("jobs.personalize", "--resume", str(parted), "iterations=4")
-    assert f"resumed {parted} at iteration 2 (weight version 2)" in proc.stdout
+    # The resumed part loses a DeepSpeed policy rank in iteration 4 (killed once iteration 3 is logged): the job
+    # stops every actor and continues from the checkpoint at iteration 2, so iteration 3 is trained again
+    # and logged once.
+    out = "".join(_run_killing_after(3, "PolicyRank", ["--resume", str(parted), "iterations=4"]))
+    assert f"resumed {parted} at iteration 2 (weight version 2)" in out
+    assert "!! policy rank 0 died: " in out, out[-3000:]
+    assert "restart 1/2: stopping every actor, starting again from the checkpoint at iteration 2" in out
+    assert json.loads((parted / "restarts.json").read_text())[0]["from_iteration"] == 2
     got = _train(parted)
     assert sorted(got) == [1, 2, 3, 4]
     assert [got[i]["rollout_restarts"] for i in (1, 2, 3, 4)] == [0, 1, 0, 0]  # a resumed job starts at 0 again
@@ -107,31 +113,32 @@ def test_personalize_logs_truth_beside_reward_survives_a_killed_engine_and_resum
         _same_metrics(ref[step], val[step], step)
 
 
-def _kill_rollout_engine(job_pid: int) -> int:
-    """SIGKILL the vLLM engine process of the job's (one) rollout actor; its PID."""
+def _kill(job_pid: int, actor: str) -> int:
+    """SIGKILL the process of the job's (one) ``actor`` (a Ray actor class: its process title); its PID.
+    The rollout actor's process runs its vLLM engine (rollout.engine_in_process, the default)."""
     import psutil
 
-    actors = [
+    found = [
         p
         for p in psutil.process_iter(["cmdline"])
-        if (p.info["cmdline"] or [""])[0].startswith("ray::RolloutActor") and job_pid in [a.pid for a in p.parents()]
+        if (p.info["cmdline"] or [""])[0].startswith(f"ray::{actor}") and job_pid in [a.pid for a in p.parents()]
     ]
-    assert len(actors) == 1, actors
-    engines = [c for c in actors[0].children() if c.cmdline()[:1] == ["VLLM::EngineCore"]]  # vLLM's process title
-    assert engines, "no engine process under the rollout actor"
-    engines[0].kill()
-    return engines[0].pid
+    assert len(found) == 1, found
+    if actor == "RolloutActor":
+        assert not [c for c in found[0].children() if c.cmdline()[:1] == ["VLLM::EngineCore"]], "engine not in process"
+    found[0].kill()
+    return found[0].pid
 
 
-def _run_killing_the_engine_after(iteration: int, args: list[str]) -> list[str]:
-    """Run jobs.personalize, SIGKILL its rollout engine process once it has logged ``iteration``; its output."""
+def _run_killing_after(iteration: int, actor: str, args: list[str]) -> list[str]:
+    """Run jobs.personalize, SIGKILL its ``actor``'s process once it has logged ``iteration``; its output."""
     cmd = [sys.executable, "-m", "jobs.personalize", *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, killed = [], None
     for line in proc.stdout:
         lines.append(line)
         if killed is None and line.startswith(f"iter {iteration}/"):
-            killed = _kill_rollout_engine(proc.pid)
+            killed = _kill(proc.pid, actor)
     assert proc.wait(timeout=600) == 0, "".join(lines[-60:])
     assert killed is not None, "".join(lines)
     return lines

@@ -1,4 +1,5 @@
-"""Smoke run of the PLUS co-adaptation job (jobs/plus.py) at minimum size, and its config errors."""
+"""The PLUS co-adaptation job (jobs/plus.py) at minimum size: PPO interrupted and resumed, config errors, and
+the checks of a GRPO run (`check_plus_run`, on the run tests/test_ray_job.py submits)."""
 
 from __future__ import annotations
 
@@ -29,18 +30,10 @@ TINY = [
 ]
 
 
-@pytest.mark.slow
-def test_plus_runs_and_logs_each_iteration(tiny_data, tiny_models, tmp_path):
-    run = tmp_path / "plus"
-    proc = run_job(
-        "jobs.plus",
-        f"data.dir={tiny_data}",
-        f"models.summarizer={tiny_models / 'summarizer'}",
-        f"models.reward_model={tiny_models / 'reward_model'}",
-        f"run_dir={run}",
-        *TINY,
-    )
-    assert "next: python -m jobs.evaluate --run" in proc.stdout
+def check_plus_run(run, stdout: str, initial_summarizer) -> None:
+    """What a finished 3-iteration TINY jobs.plus run (GRPO) must have logged and written; its run is made
+    by tests/test_ray_job.py, which submits it to a Ray cluster as the README says (one run for both)."""
+    assert "next: python -m jobs.evaluate --run" in stdout
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [e for e in events if e["split"] == "train"]
     assert [e["step"] for e in train] == [1, 2, 3]
@@ -62,7 +55,7 @@ def test_plus_runs_and_logs_each_iteration(tiny_data, tiny_models, tmp_path):
     margins = [abs(e["margin"]) for e in train]
     assert max(margins[1:]) > 3 * margins[0], margins
     assert abs(train[0]["kl"]) < 1e-4 and max(abs(e["kl"]) for e in train[1:]) > abs(train[0]["kl"])
-    before = load_file(str(tiny_models / "summarizer" / "model.safetensors"))
+    before = load_file(str(initial_summarizer / "model.safetensors"))
     after = load_file(str(run / "last" / "summarizer" / "model.safetensors"))
     assert max((after[k] - before[k]).abs().max().item() for k in before) > 0
     summary = json.loads((run / "train_summary.json").read_text())
@@ -73,7 +66,7 @@ def test_plus_runs_and_logs_each_iteration(tiny_data, tiny_models, tmp_path):
     assert all(0.0 <= e["rm_trained_truncated_share"] <= 1.0 for e in train)
     assert (run / "evaluate" / "config.yaml").is_file() and (run / "evaluate" / "best").is_dir()
     assert (run / "evaluate" / "plus.yaml").is_file()  # the PLUS settings jobs.compare groups the view by
-    assert "  validation accuracy: all " in proc.stdout and " (n=8)" in proc.stdout  # ± binomial half width
+    assert "  validation accuracy: all " in stdout and " (n=8)" in stdout  # ± binomial half width
 
 
 def _train_events(run) -> dict[int, dict]:

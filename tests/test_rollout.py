@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pyarrow as pa
 import pytest
+import ray
 import torch
 
 from rlhf_cluster.config import ActorResources, RolloutConfig
@@ -45,12 +48,16 @@ def _teacher_forced_logprobs(model, prompt, tokens):
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["vllm", "hf"])
 def test_rollout_actor_samples_summaries_with_logprobs(ray_local, tiny_models, backend):
+    """vLLM here runs its engine in a separate process (engine_in_process=false; the jobs' tests run the
+    default, in the actor's process): killing that process ends the actor, so that a job can restart it."""
     from actors.rollout import RolloutActor
     from rlhf_cluster.models import load_causal_lm, load_tokenizer
 
     path = str(tiny_models / "summarizer")
     tok = load_tokenizer(path)
-    cfg = RolloutConfig(backend=backend, n_samples=2, max_new_tokens=12, kv_cache_gib=0.1, max_model_len=512)
+    cfg = RolloutConfig(
+        backend=backend, n_samples=2, max_new_tokens=12, kv_cache_gib=0.1, max_model_len=512, engine_in_process=False
+    )
     actor = RolloutActor.options(**actor_options(ActorResources(num_cpus=1))).remote(path, cfg)
     reqs = _requests(tok)
     out = ray_local.get(actor.generate.remote(reqs))
@@ -91,6 +98,21 @@ def test_rollout_actor_samples_summaries_with_logprobs(ray_local, tiny_models, b
     # same per-request seeds -> the same samples (reproducible rollouts), greedy requests in between or not
     again = ray_local.get(actor.generate.remote(reqs))
     assert again["summary_token_ids"].to_pylist() == out["summary_token_ids"].to_pylist()
+    if backend == "vllm":  # a dead engine process ends the actor instead of hanging it
+        import psutil
+
+        pid = ray_local.get(actor.info.remote())["pid"]
+        engines = [c for c in psutil.Process(pid).children() if c.cmdline()[:1] == ["VLLM::EngineCore"]]
+        assert len(engines) == 1, [c.cmdline() for c in psutil.Process(pid).children()]
+        engines[0].kill()
+        for _ in range(30):
+            try:
+                ray_local.get(actor.info.remote(), timeout=30)
+            except ray.exceptions.RayActorError:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("the rollout actor outlived its engine process by 30 s")
     ray_local.kill(actor)
 
 
