@@ -61,7 +61,7 @@ $(DEMO_MODELS)/models.json: $(DEMO_DATA)/ceilings.json
 	$(BIN)/python -m jobs.make_models --data $(DEMO_DATA) --out $(DEMO_MODELS) --seed 0
 
 test: setup  ## the whole suite (what CI runs)
-	$(BIN)/python -m pytest -q -ra --durations=15 tests
+	$(BIN)/python -m pytest -q -ra --durations=25 tests
 
 test-fast: setup  ## quick edit loop: everything not marked slow
 	$(BIN)/python -m pytest -q -ra -m "not slow" tests
