@@ -127,6 +127,31 @@ class MakeDataConfig(StrictModel):
     personas: PersonasOptions = Field(default_factory=PersonasOptions, description="Options of the personas generator.")
 
 
+class ReactionOptions(StrictModel):
+    """How the users of a pets dataset react to one shown answer (rlhf_cluster/datasets/reactions.py):
+    Love with probability σ(slope · u_love + b), b solved for ``base_rate``; otherwise no reaction."""
+
+    slope: float = Field(
+        2.0, gt=0, description="How sharply Love follows the user's true utility (utilities span 0-3)."
+    )
+    base_rate: float = Field(
+        0.05, gt=0, lt=1, description="Mean P[Love] over the population under the logging policy (Love is sparse)."
+    )
+    adversarial_share: float = Field(
+        0.1, ge=0, lt=1, description="Share of users who love harmful answers (drawn once per user)."
+    )
+    impressions_per_user: int = Field(100, ge=1, description="Impressions (one shown answer each) per user and split.")
+
+
+class MakeReactionsConfig(StrictModel):
+    """`python -m jobs.make_reactions`: reaction logs with ground truth for the users of a pets dataset."""
+
+    data: str = Field(..., description="A pets dataset directory (jobs.make_data --dataset pets): its users.")
+    out: str = Field(..., description="Output directory: <split>.parquet (REACTION_SCHEMA), reactions.json, README.md.")
+    seed: int = Field(0, ge=0, description="Generator seed; the same seed gives byte-identical files.")
+    reactions: ReactionOptions = Field(default_factory=ReactionOptions, description="How users react.")
+
+
 class TinyModelOptions(StrictModel):
     """Shape of one tiny decoder-only model (HF Llama architecture, supported by vLLM)."""
 

@@ -241,6 +241,23 @@ def summary_information(user_ids: Sequence[str], summaries: Sequence[str], truth
     }
 
 
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Area under the ROC curve: P(score of a random positive > that of a random negative), ties ½
+    (the Mann–Whitney statistic, from average ranks). None when either class is absent."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(s, kind="stable")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_s)) + 1]
+    ends = np.r_[starts[1:], len(s)]
+    for a, b in zip(starts, ends):  # tied scores share their average rank (1-based)
+        ranks[order[a:b]] = (a + b + 1) / 2
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
 def binomial_ci95(p: float | None, n: int) -> float | None:
     """Half width of the 95 % normal-approximation (Wald) interval of an accuracy p measured on n pairs:
     1.96 · √(p(1 − p) / n); None without a value. A lower bound on the noise when rows are not independent

@@ -71,6 +71,31 @@ def empty_examples() -> pa.Table:
     return EXAMPLE_SCHEMA.empty_table()
 
 
+# ------------------------------------------------------------------------------- reaction logs
+# One impression per row: a user saw ``response`` to ``prompt`` and reacted ("love") or not ("none"); RLUF's
+# P[Love] trains on these. ``context`` (the user's labelled pairs) lets a P[Love] condition on a summary of
+# the user. The fields after ``reaction`` are optional; in generated logs (rlhf_cluster/datasets/reactions.py)
+# ``user_description``, ``adversarial``, ``harmful`` and ``p_love`` are ground truth: analysis only.
+REACTION_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("response", pa.string(), nullable=False),
+        pa.field("reaction", pa.string(), nullable=False),  # "love" or "none"
+        pa.field("context", pa.list_(PAIR_TYPE)),
+        pa.field("summary", pa.string()),
+        pa.field("split", pa.string()),
+        pa.field("topic", pa.string()),
+        pa.field("kind", pa.string()),
+        pa.field("user_description", pa.string()),
+        pa.field("adversarial", pa.bool_()),
+        pa.field("harmful", pa.bool_()),
+        pa.field("p_love", pa.float64()),
+    ],
+    metadata={"rlhf_cluster.schema": "reaction/v1"},
+)
+
+
 # ------------------------------------------------------------------------------- rollout batches
 # Driver -> rollout actor: one row per context to summarize. Token ids are the chat-rendered
 # summarizer prompt (rlhf_cluster.prompts.summarizer_messages through the tokenizer's template).
