@@ -33,7 +33,7 @@ from rlhf_cluster.schema import (
 from rlhf_cluster.worker_group import DeepSpeedGroupHandle
 
 
-class _LastTokenReward(torch.nn.Module):
+class LastTokenReward(torch.nn.Module):
     """The HF classifier with ``sequence_rewards`` as its forward ([B, T] → [B]).
 
     The engine must run the whole forward (ZeRO-3 gathers parameters in hooks on the top module), and
@@ -48,15 +48,29 @@ class _LastTokenReward(torch.nn.Module):
         return sequence_rewards(self.model, input_ids, attention_mask)
 
 
-@ray.remote
-class RewardModelRank(DeepSpeedRank):
+class ScalarHeadRank(DeepSpeedRank):
+    """A rank whose model is a sequence classifier read at the last real token ([B, T] → [B]): the reward
+    model, and P[Love] (actors/love_model.py) whose scalar is a logit."""
+
     padding_side = "right"  # real tokens keep their unpadded position ids (rlhf_cluster.reward_model)
-    eval_mode = False  # train_step trains in train mode, score scores in eval mode
+    eval_mode = False  # train_step trains in train mode; scoring switches to eval mode
 
     def _module(self, path: str) -> torch.nn.Module:
         # The same seed on every rank and at every world size: a fresh score head starts identical.
-        return _LastTokenReward(load_reward_model(path, pad_token_id=self.tokenizer.pad_token_id))
+        return LastTokenReward(load_reward_model(path, pad_token_id=self.tokenizer.pad_token_id))
 
+    def _sequence_scalars(self, batch: pa.Table) -> torch.Tensor:
+        """The scalar of each (conditioning, prompt, response) row of a RESPONSE_SCHEMA-like table."""
+        cols = batch.to_pydict()
+        enc = encode_sequences(
+            self.tokenizer, cols["conditioning"], cols["prompt"], cols["response"], self.cfg.max_length,
+            self.cfg.truncation_side,
+        )  # fmt: skip
+        return self.engine(enc.input_ids.to(self.device), enc.attention_mask.to(self.device))
+
+
+@ray.remote
+class RewardModelRank(ScalarHeadRank):
     def _encode(self, batch: pa.Table, where: str) -> EncodedPairs:
         check_batch(batch, REWARD_PAIR_SCHEMA, where)
         return encode_pairs(self.tokenizer, batch, self.cfg.max_length, self.cfg.truncation_side)
@@ -97,13 +111,8 @@ class RewardModelRank(DeepSpeedRank):
         """r(prompt, response | conditioning) of each RESPONSE_SCHEMA row of the shard, in its order (eval
         mode, no grad): the reward a response policy is trained on."""
         check_batch(batch, RESPONSE_SCHEMA, f"RewardModelRank[{self.rank}].rewards")
-        cols = batch.to_pydict()
-        enc = encode_sequences(
-            self.tokenizer, cols["conditioning"], cols["prompt"], cols["response"], self.cfg.max_length,
-            self.cfg.truncation_side,
-        )  # fmt: skip
         self.engine.eval()
-        r = self.engine(enc.input_ids.to(self.device), enc.attention_mask.to(self.device)).float().cpu().numpy()
+        r = self._sequence_scalars(batch).float().cpu().numpy()
         return pa.Table.from_arrays([batch.column("user_id"), pa.array(r, pa.float32())], schema=RESPONSE_REWARD_SCHEMA)
 
 

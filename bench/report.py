@@ -136,6 +136,28 @@ def rollout(rep: Report) -> None:
         rows,
     )
     rep.plot("rollout", lambda plt: _bars(plt, bars, ("direct engine", "pipeline"), "summaries / s"))
+    modes = [
+        (m, rep.rig(m)["rollout"]["engine_modes"])
+        for m in ("demo", "bench")
+        if "engine_modes" in rep.rig(m).get("rollout", {})
+    ]
+    if modes:
+        rep.add(
+            "",
+            "The direct engine with vLLM's engine core in its own process (`rollout.engine_in_process`, the "
+            "default) vs in a separate engine process (vLLM's default), same token ids and seeds, calls alternating:",
+            "",
+        )
+        rep.table(
+            ["model", "contexts", "start in process", "start separate", "generate in process", "generate separate",
+             "separate ÷ in process"],
+            [
+                [m, e["contexts"], sec(e["start_s"]["in_process"]), sec(e["start_s"]["separate"]),
+                 sec(e["generate_s"]["in_process"]), sec(e["generate_s"]["separate"]),
+                 f"{e['generate_ratio_separate_over_in_process']:.2f}×"]
+                for m, e in modes
+            ],
+        )  # fmt: skip
 
 
 def _bars(plt, bars, labels, ylabel):

@@ -88,8 +88,50 @@ def measure(rig, batches: list[int], rounds: dict[int, int]) -> dict:
                 f"{b['identical_rounds']}/{b['rounds']} rounds)",
                 flush=True,
             )
+        out["engine_modes"] = engine_modes(engine, cfg, direct_start_s, rig.requests, batches[0], rounds[batches[0]])
     finally:
         _shutdown(engine)
+    return out
+
+
+def engine_modes(engine, cfg, start_s: float, requests, contexts: int, rounds: int) -> dict:
+    """The direct engine (its ``rollout.engine_in_process`` setting) against the same engine in the other
+    mode (vLLM's separate engine process, or in process): start-up time, and the median of generate calls
+    that alternate between the two (ABBA) on the same token ids and seeds, after a warm-up call each."""
+    from rlhf_cluster.generation import VllmEngine
+    from rlhf_cluster.rl_step import rollout_requests
+
+    mine = "in_process" if cfg.rollout.engine_in_process else "separate"
+    theirs = "separate" if mine == "in_process" else "in_process"
+    t0 = time.perf_counter()
+    other_cfg = cfg.rollout.model_copy(update={"engine_in_process": not cfg.rollout.engine_in_process})
+    other = VllmEngine(cfg.models.summarizer, other_cfg, cfg.models.dtype, cfg.seed)
+    times = {mine: [], theirs: [], "start_s": {mine: round(start_s, 2), theirs: round(time.perf_counter() - t0, 2)}}
+    try:
+        for r in range(1 + rounds):
+            req = rollout_requests(requests, np.arange(contexts) % requests.num_rows, cfg.seed, 20_000 + r)
+            prompts, seeds = req.column("prompt_token_ids").to_pylist(), req.column("seed").to_pylist()
+            order = [(mine, engine), (theirs, other)][:: 1 if r % 2 == 0 else -1]
+            for name, eng in order:
+                ts = time.perf_counter()
+                eng.generate(prompts, seeds)
+                if r > 0:  # the first call of each is a warm-up
+                    times[name].append(time.perf_counter() - ts)
+    finally:
+        _shutdown(other)
+    out = {
+        "contexts": contexts,
+        "rounds": rounds,
+        "start_s": times["start_s"],
+        "generate_s": {k: round(_median(times[k]), 4) for k in (mine, theirs)},
+    }
+    out["generate_ratio_separate_over_in_process"] = out["generate_s"]["separate"] / out["generate_s"]["in_process"]
+    print(
+        f"[rollout] vLLM engine in process vs separate process: start {out['start_s']['in_process']:.1f} vs "
+        f"{out['start_s']['separate']:.1f} s; generate {out['generate_s']['in_process']:.3f} vs "
+        f"{out['generate_s']['separate']:.3f} s per call ({contexts} contexts)",
+        flush=True,
+    )
     return out
 
 

@@ -236,7 +236,25 @@ class RewardTrainConfig(StrictModel):
     optim: OptimConfig = Field(default_factory=OptimConfig)
 
 
-class TrainRMConfig(StrictModel):
+class GroupJobConfig(StrictModel):
+    """The Ray, DeepSpeed and fixed-summarizer sections of a job that trains one scalar-head model on a
+    DeepSpeed group (jobs.train_rm; jobs.train_love in rlhf_cluster/love_config.py)."""
+
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    rank_resources: ActorResources = Field(
+        default_factory=lambda: ActorResources(num_cpus=1.0), description="Resources of EACH DeepSpeed rank."
+    )
+    rollout: RolloutConfig = Field(
+        default_factory=lambda: RolloutConfig(temperature=0.0, n_samples=1),
+        description="conditioning=summary: how the fixed summarizer writes summaries (greedy by default).",
+    )
+    rollout_resources: ActorResources = Field(
+        default_factory=lambda: ActorResources(num_cpus=1.0), description="Resources of the rollout actor."
+    )
+
+
+class TrainRMConfig(GroupJobConfig):
     """`python -m jobs.train_rm`: train a (personalized) reward model on a DeepSpeed group of Ray actors."""
 
     run_dir: str = Field("runs/rm", description="Output: config.yaml, metrics.jsonl, tb/, checkpoints/, best/.")
@@ -251,18 +269,6 @@ class TrainRMConfig(StrictModel):
     models: ModelsConfig
     rm: RewardTrainConfig = Field(default_factory=RewardTrainConfig)
     train_split: str = Field("train", description="Split the reward model trains on.")
-    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
-    ray: RayConfig = Field(default_factory=RayConfig)
-    rank_resources: ActorResources = Field(
-        default_factory=lambda: ActorResources(num_cpus=1.0), description="Resources of EACH DeepSpeed rank."
-    )
-    rollout: RolloutConfig = Field(
-        default_factory=lambda: RolloutConfig(temperature=0.0, n_samples=1),
-        description="conditioning=summary: how the fixed summarizer writes summaries (greedy by default).",
-    )
-    rollout_resources: ActorResources = Field(
-        default_factory=lambda: ActorResources(num_cpus=1.0), description="Resources of the rollout actor."
-    )
     checkpoint_every: int = Field(
         0,
         ge=0,

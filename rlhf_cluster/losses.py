@@ -23,6 +23,23 @@ def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch
     return ((diff > 0).float() + 0.5 * (diff == 0).float()).mean()
 
 
+def weighted_bce_loss(logits: torch.Tensor, labels: torch.Tensor, positive_weight: float = 1.0) -> torch.Tensor:
+    """Binary cross-entropy of a P[Love] logit, positives weighted ``positive_weight`` (class weighting for
+    sparse positives): mean over the batch of −(w·y·log σ(z) + (1 − y)·log(1 − σ(z))). Shapes [B], [B]."""
+    if logits.shape != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} differ in shape")
+    if positive_weight <= 0:
+        raise ValueError(f"positive_weight must be > 0, got {positive_weight}")
+    y = labels.to(logits.dtype)
+    return -(positive_weight * y * F.logsigmoid(logits) + (1 - y) * F.logsigmoid(-logits)).mean()
+
+
+def prior_corrected_logits(logits: torch.Tensor, positive_weight: float) -> torch.Tensor:
+    """Undo class weighting at prediction time. Weighted BCE is minimised by q with
+    logit(q) = logit(p) + log w (positives count w times), so the calibrated logit is z − log w."""
+    return logits - torch.log(torch.tensor(float(positive_weight), dtype=logits.dtype))
+
+
 # ------------------------------------------------------------------------------------------ RL math
 # Token-level tensors are [B, T] over summary tokens, with ``mask`` [B, T] (1/True = a real summary
 # token, 0 = padding). Padding is removed with ``torch.where``, not multiplied away, so a NaN or inf in

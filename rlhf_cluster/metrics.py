@@ -258,6 +258,31 @@ def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def binary_log_loss(probs: Sequence[float], labels: Sequence[bool]) -> float:
+    """Mean −(y log p + (1 − y) log(1 − p)), nats; p clipped to [1e-15, 1 − 1e-15]."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-15, 1 - 1e-15)
+    y = np.asarray(labels, dtype=bool)
+    return float(-np.mean(np.where(y, np.log(p), np.log(1 - p))))
+
+
+def calibration(probs: Sequence[float], labels: Sequence[bool], bins: int = 10) -> dict:
+    """Reliability table and expected calibration error over ``bins`` equal-width bins of [0, 1]: per
+    bin its count, mean predicted probability and observed rate; ECE = Σ (n_b / n) |observed − predicted|."""
+    p, y = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        n = int(inside.sum())
+        if n:
+            predicted, observed = float(p[inside].mean()), float(y[inside].mean())
+            ece += n / len(p) * abs(observed - predicted)
+            table.append(
+                {"low": b / bins, "high": (b + 1) / bins, "n": n, "predicted": predicted, "observed": observed}
+            )
+    return {"ece": ece, "bins": table}
+
+
 def binomial_ci95(p: float | None, n: int) -> float | None:
     """Half width of the 95 % normal-approximation (Wald) interval of an accuracy p measured on n pairs:
     1.96 · √(p(1 − p) / n); None without a value. A lower bound on the noise when rows are not independent

@@ -174,6 +174,22 @@ RESPONSE_REWARD_SCHEMA = pa.schema(
     metadata={"rlhf_cluster.schema": "response_reward/v1"},
 )
 
+# Driver -> P[Love] group (jobs.train_love): RESPONSE_SCHEMA rows with their reaction as a 0/1 label.
+LOVE_BATCH_SCHEMA = pa.schema(
+    [*RESPONSE_SCHEMA, pa.field("label", pa.float32(), nullable=False)],
+    metadata={"rlhf_cluster.schema": "love_batch/v1"},
+)
+
+# P[Love] group -> driver: the prior-corrected logit and probability of Love, the input rows' order.
+LOVE_SCORE_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("logit", pa.float32(), nullable=False),
+        pa.field("p_love", pa.float32(), nullable=False),
+    ],
+    metadata={"rlhf_cluster.schema": "love_score/v1"},
+)
+
 # Cached summaries of a fixed summarizer (run_dir/summaries/<split>.parquet): one row per example row.
 SUMMARY_CACHE_SCHEMA = pa.schema(
     [

@@ -117,6 +117,8 @@ def test_quick_suite_measures_every_benchmark_and_renders_a_report(tiny_data, ti
         and math.isfinite(b["ratio_summaries_per_s"])
     )
     assert rig["rollout"]["kv_cache"]["sized_from_config"]  # 8: KV cache from rollout.kv_cache_gib
+    modes = rig["rollout"]["engine_modes"]  # the engine in process vs vLLM's separate engine process
+    assert all(modes["start_s"][k] > 0 and modes["generate_s"][k] > 0 for k in ("in_process", "separate"))
     ws = rig["weight_sync"]  # 2
     assert ws["bytes"] > 0 and 0 < ws["share_of_iteration"] < 1 and ws["engine_load_s"] > 0
     paths = ws["paths"]  # weights skip the driver: the former path holds the whole blob there on top

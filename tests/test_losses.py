@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rlhf_cluster.losses import bradley_terry_loss, pairwise_accuracy
+from rlhf_cluster.losses import bradley_terry_loss, pairwise_accuracy, prior_corrected_logits, weighted_bce_loss
 
 
 def test_bt_loss_by_hand():
@@ -49,3 +49,30 @@ def test_pairwise_accuracy_counts_ties_half():
     acc = pairwise_accuracy(torch.tensor([0.5, -1.0, 2.0]), torch.tensor([1.5, 1.0, 2.0]))
     assert acc.item() == pytest.approx(1 / 6)
     assert pairwise_accuracy(torch.full((4,), 3.0), torch.full((4,), 3.0)).item() == 0.5  # constant model
+
+
+def test_weighted_bce_by_hand():
+    z, y = torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.0])
+    # row 1: −w·log σ(0) = w·ln 2; row 2: −log(1 − σ(2)) = ln(1 + e²)
+    want = lambda w: (w * math.log(2) + math.log(1 + math.exp(2))) / 2  # noqa: E731
+    assert weighted_bce_loss(z, y).item() == pytest.approx(want(1.0))
+    assert weighted_bce_loss(z, y, positive_weight=4.0).item() == pytest.approx(want(4.0))
+    with pytest.raises(ValueError, match="shape"):
+        weighted_bce_loss(z, y[:1])
+    with pytest.raises(ValueError, match="positive_weight"):
+        weighted_bce_loss(z, y, positive_weight=0.0)
+
+
+def test_prior_correction_recovers_the_rate_that_weighted_bce_inflates():
+    # positives at rate p = 0.05 weighted w = 19: the weighted-BCE optimum is q = w p / (w p + 1 − p) = 0.5;
+    # the corrected logit logit(q) − log w = logit(0.05)
+    p, w = 0.05, 19.0
+    z = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([z], lr=1.0)
+    labels = torch.tensor([1.0] * 5 + [0.0] * 95)
+    for _ in range(300):
+        opt.zero_grad()
+        weighted_bce_loss(z.expand(100), labels, positive_weight=w).backward()
+        opt.step()
+    assert torch.sigmoid(z).item() == pytest.approx(w * p / (w * p + 1 - p), abs=1e-4)
+    assert torch.sigmoid(prior_corrected_logits(z, w)).item() == pytest.approx(p, abs=1e-4)

@@ -162,3 +162,20 @@ def test_validation_accuracy_is_printed_with_its_binomial_half_width():
     assert format_accuracy(v, "all") == "all 0.875 ± 0.081 (n=64)"
     assert format_accuracy(v, "contested") == "contested n/a"  # data without contested flags
     assert format_accuracy(v, "agreed") == "agreed 0.900 ± 0.093 (n=40)"
+
+
+def test_calibration_and_log_loss_by_hand():
+    from rlhf_cluster.metrics import binary_log_loss, calibration
+
+    probs, labels = [0.05, 0.15, 0.15, 0.95], [False, True, False, True]
+    c = calibration(probs, labels, bins=10)
+    # bins: [0, .1): one row, predicted .05, observed 0; [.1, .2): two rows, predicted .15, observed .5;
+    # [.9, 1]: one row, predicted .95, observed 1. ECE = ¼·.05 + ½·.35 + ¼·.05
+    assert [(b["n"], b["predicted"], b["observed"]) for b in c["bins"]] == [
+        (1, pytest.approx(0.05), 0.0),
+        (2, pytest.approx(0.15), 0.5),
+        (1, pytest.approx(0.95), 1.0),
+    ]
+    assert c["ece"] == pytest.approx(0.25 * 0.05 + 0.5 * 0.35 + 0.25 * 0.05)
+    assert calibration([1.0], [True])["bins"][0]["high"] == 1.0  # p = 1 falls in the last bin
+    assert binary_log_loss([0.5, 0.9], [True, False]) == pytest.approx((math.log(2) + math.log(10)) / 2)
